@@ -1,0 +1,9 @@
+"""Deep SARSA for Stable-Baselines3."""
+
+from stable_baselines3.dqn.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+
+from deep_sarsa.deep_sarsa import DeepSARSA
+
+__version__ = "0.1.0"
+
+__all__ = ["CnnPolicy", "DeepSARSA", "MlpPolicy", "MultiInputPolicy", "__version__"]

@@ -1,0 +1,109 @@
+"""
+The ``"stored"`` next action a', read from SB3's own replay buffer layout.
+
+SB3's :class:`~stable_baselines3.common.buffers.ReplayBuffer` (and its Dict and n-step
+variants) store transitions in arrays of shape ``(buffer_size, n_envs, ...)``: row ``i`` of
+column ``e`` is the transition the ``e``-th env made at one step, and row ``i + 1`` (modulo the
+buffer size) is the transition that the same env made at the next step. So the action the agent
+actually took in s' is ``actions[i + 1, e]``, as long as
+
+* row ``i`` did not end the episode (``dones`` or ``timeouts`` set: terminated or truncated), and
+* row ``i`` is not the newest row (``pos - 1``): that next action has not been taken yet.
+
+No second buffer is needed. Where a' does not exist, :class:`~deep_sarsa.DeepSARSA` falls
+back to an action drawn from the current ε-greedy policy (the ``"sampled"`` variant).
+"""
+
+import numpy as np
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+def sample_with_indices(
+    buffer: ReplayBuffer, batch_size: int, env: VecNormalize | None = None
+) -> tuple[ReplayBufferSamples | DictReplayBufferSamples, np.ndarray, np.ndarray]:
+    """
+    Sample a batch exactly as ``buffer.sample(batch_size, env)`` does, and also return the
+    rows and env columns that were drawn.
+
+    SB3's ``_get_samples`` draws the env column of each row itself, with one call to NumPy's
+    global generator, and does not return it. To learn it without rewriting SB3's sampling,
+    the generator's state is saved before that call and the same draw is made again afterwards.
+    The generator ends in the state that a plain ``buffer.sample`` leaves it in, so training
+    with this function consumes random numbers exactly as SB3 does.
+
+    :param buffer: an SB3 ``ReplayBuffer``, ``DictReplayBuffer`` or ``NStepReplayBuffer``
+    :param batch_size: number of transitions to sample
+    :param env: the ``VecNormalize`` wrapper to normalize observations and rewards, if any
+    :return: the samples, their row indices and their env indices (each of shape ``(batch_size,)``)
+    """
+    if buffer.optimize_memory_usage and buffer.full:
+        # As in ReplayBuffer.sample: with one array for obs and next obs, row `pos` is invalid
+        batch_inds = (np.random.randint(1, buffer.buffer_size, size=batch_size) + buffer.pos) % buffer.buffer_size
+    else:
+        upper_bound = buffer.buffer_size if buffer.full else buffer.pos
+        batch_inds = np.random.randint(0, upper_bound, size=batch_size)
+    state_before = np.random.get_state()
+    samples = buffer._get_samples(batch_inds, env=env)
+    state_after = np.random.get_state()
+    np.random.set_state(state_before)
+    env_indices = np.random.randint(0, high=buffer.n_envs, size=(len(batch_inds),))
+    np.random.set_state(state_after)
+    return samples, batch_inds, env_indices
+
+
+def _episode_boundary(buffer: ReplayBuffer) -> np.ndarray:
+    """Rows (buffer_size, n_envs) after which the next row belongs to another episode."""
+    return np.logical_or(buffer.dones > 0, buffer.timeouts > 0)
+
+
+def stored_next_actions(
+    buffer: ReplayBuffer, batch_inds: np.ndarray, env_indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The action actually taken in the state the sampled transitions bootstrap from.
+
+    For a 1-step buffer that state is s' of the sampled row. For an ``NStepReplayBuffer`` it is
+    the state after the last row of the n-step sequence (the sequence stops early at an episode
+    end or at the newest row, exactly as SB3 computes it), so a' is the action taken there.
+
+    :param buffer: the replay buffer the rows were sampled from
+    :param batch_inds: row indices of the sampled transitions
+    :param env_indices: env (column) indices of the sampled transitions
+    :return: ``(next_actions, available)``: the actions, shape ``(B,)``, and a boolean mask,
+        shape ``(B,)``, that is False where the next action does not exist (episode ended,
+        or it has not been taken yet); ``next_actions`` is meaningless there
+    """
+    n_steps = buffer.n_steps if isinstance(buffer, NStepReplayBuffer) else 1
+    newest = (buffer.pos - 1) % buffer.buffer_size
+    boundary = _episode_boundary(buffer)
+    rows = (batch_inds[:, None] + np.arange(n_steps)[None, :]) % buffer.buffer_size  # (B, n)
+    ends = np.logical_or(boundary[rows, env_indices[:, None]], rows == newest)
+    # Offset of the last row used by the n-step return: the first end, else the n-th row
+    offset = np.where(ends.any(axis=1), ends.argmax(axis=1), n_steps - 1)
+    last = (batch_inds + offset) % buffer.buffer_size
+    available = np.logical_and(~boundary[last, env_indices], last != newest)
+    next_rows = (last + 1) % buffer.buffer_size
+    next_actions = buffer.actions[next_rows, env_indices].reshape(len(batch_inds))
+    return next_actions, available
+
+
+def mark_newest_rows_truncated(buffer: ReplayBuffer) -> None:
+    """
+    Record that the episodes running in the newest rows were cut off.
+
+    Called when the envs are reset while the buffer holds transitions of unfinished episodes
+    (a second ``learn()`` call that resets the env, or training resumed after ``load``): the
+    next row of each env will be the start of a new episode, so it must not be read as the next
+    action. Setting ``timeouts`` (and leaving ``dones``) is what a time-limit truncation records:
+    the stored next observation is still bootstrapped from, the n-step sum stops there, and the
+    ``"stored"`` variant falls back to a sampled a'.
+
+    :param buffer: the replay buffer
+    """
+    if buffer.pos == 0 and not buffer.full:
+        return
+    newest = (buffer.pos - 1) % buffer.buffer_size
+    running = buffer.dones[newest] == 0
+    buffer.timeouts[newest] = np.where(running, 1.0, buffer.timeouts[newest])

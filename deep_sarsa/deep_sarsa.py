@@ -1,0 +1,415 @@
+import warnings
+from typing import Any, ClassVar, Literal, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import (
+    DictReplayBufferSamples,
+    GymEnv,
+    MaybeCallback,
+    ReplayBufferSamples,
+    Schedule,
+)
+from stable_baselines3.common.utils import LinearSchedule, get_parameters_by_name, polyak_update
+from stable_baselines3.dqn import DQN
+from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy, QNetwork
+from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
+
+from deep_sarsa.buffers import mark_newest_rows_truncated, sample_with_indices, stored_next_actions
+from deep_sarsa.targets import (
+    LossName,
+    epsilon_greedy_probs,
+    expected_sarsa_target,
+    sample_epsilon_greedy,
+    sarsa_target,
+    td_loss,
+)
+
+SelfDeepSARSA = TypeVar("SelfDeepSARSA", bound="DeepSARSA")
+
+NextActionName = Literal["sampled", "expected", "stored"]
+NEXT_ACTIONS: tuple[str, ...] = ("sampled", "expected", "stored")
+LOSSES: tuple[str, ...] = ("mse", "huber")
+TARGET_UPDATE_UNITS: tuple[str, ...] = ("step", "episode")
+
+
+def _parse_target_update_interval(value: Any) -> tuple[int, str]:
+    """
+    Turn ``target_update_interval`` into ``(frequency, unit)``.
+
+    :param value: an int (environment steps) or a tuple ``(K, "step")`` / ``(K, "episode")``
+    :return: the frequency and its unit
+    """
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or value[1] not in TARGET_UPDATE_UNITS:
+            raise ValueError(f"target_update_interval must be an int or a tuple (K, 'step') / (K, 'episode'), got {value!r}")
+        frequency, unit = value
+    else:
+        frequency, unit = value, "step"
+    if isinstance(frequency, bool) or not isinstance(frequency, (int, np.integer)) or frequency < 1:
+        raise ValueError(f"target_update_interval must be a positive integer number of {unit}s, got {frequency!r}")
+    return int(frequency), unit
+
+
+class DeepSARSA(OffPolicyAlgorithm):
+    """
+    Deep SARSA: a Q-network trained from a replay memory on the on-policy SARSA target.
+
+    The algorithm of DQN (experience replay, target network, ε-greedy exploration), except for
+    the TD target: DQN bootstraps from ``max_a Q_target(s', a)``, Deep SARSA from
+    ``Q_target(s', a')`` where a' is the action the ε-greedy behaviour policy takes in s'.
+    Its Q-values are those of the policy that actually acts, exploration included, which makes
+    it avoid actions that are risky while exploring (the cliff of CliffWalking).
+
+    It accepts every keyword of SB3's ``DQN`` with the same meaning and defaults (rename the
+    class to switch), plus ``next_action`` and ``loss``; ``target_update_interval`` also
+    accepts ``(K, "episode")``.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function
+        of the current progress remaining (from 1 to 0)
+    :param buffer_size: size of the replay buffer
+    :param learning_starts: how many steps of the model to collect transitions for before learning starts
+    :param batch_size: Minibatch size for each gradient update
+    :param tau: the soft update coefficient ("Polyak update", between 0 and 1) default 1 for hard update
+    :param gamma: the discount factor
+    :param train_freq: Update the model every ``train_freq`` steps. Alternatively pass a tuple of frequency and unit
+        like ``(5, "step")`` or ``(2, "episode")``.
+    :param gradient_steps: How many gradient steps to do after each rollout (see ``train_freq``)
+        Set to ``-1`` means to do as many gradient steps as steps done in the environment
+        during the rollout.
+    :param replay_buffer_class: Replay buffer class to use. If ``None``, it will be automatically selected
+        (``ReplayBuffer``, ``DictReplayBuffer`` or ``NStepReplayBuffer``).
+    :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation.
+    :param optimize_memory_usage: Enable a memory efficient variant of the replay buffer
+        at a cost of more complexity.
+    :param n_steps: When ``n_steps > 1``, uses n-step returns (with SB3's ``NStepReplayBuffer``):
+        the target bootstraps from Q(s_{t+n}, a_{t+n}), with a_{t+n} obtained as ``next_action`` says.
+    :param target_update_interval: update the target network every ``target_update_interval``
+        environment steps, or every K episodes with ``(K, "episode")`` (the lecture's
+        "sync every K episodes"; ``(K, "step")`` is the same as ``K``).
+    :param exploration_fraction: fraction of entire training period over which the exploration rate is reduced
+    :param exploration_initial_eps: initial value of random action probability
+    :param exploration_final_eps: final value of random action probability
+    :param max_grad_norm: The maximum value for the gradient clipping
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation (as for DQN)
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
+        debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param next_action: how the next action a' of the target ``r + γ·Q_target(s', a')`` is obtained:
+        ``"sampled"`` (default, the lecture's algorithm) draws a' at update time from the current
+        ε-greedy policy over the online network; ``"expected"`` (Expected SARSA) averages
+        ``Q_target(s', ·)`` over that policy's probabilities; ``"stored"`` uses the action the
+        agent actually took in s', read from the replay buffer (classic SARSA on
+        (s, a, r, s', a') tuples), falling back to ``"sampled"`` where the episode was truncated
+        or the next action has not been taken yet. Terminal transitions never bootstrap.
+    :param loss: ``"mse"`` (default, the lecture's) or ``"huber"`` (SB3 DQN's smooth L1).
+        MSE is the default because the SARSA target is noisy by design: with a sampled a', a rare
+        exploratory step into a large penalty gives a rare, large target. MSE regresses to the
+        mean of the targets, which is Q^π; Huber regresses to a value between their median and
+        mean and hides the penalty. On the risky-bridge MDP of ``benchmarks/loss_choice.py``
+        (ε = 0.2), Huber learns Q(start, risky) ≈ 8.5 where Q^π = 5.73, and so prefers the risky
+        route that the ε-greedy agent should avoid; MSE learns 5.7 (see ``benchmarks/RESULTS.md``).
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    exploration_schedule: Schedule
+    q_net: QNetwork
+    q_net_target: QNetwork
+    policy: DQNPolicy
+
+    def __init__(
+        self,
+        policy: str | type[DQNPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-4,
+        buffer_size: int = 1_000_000,  # 1e6
+        learning_starts: int = 100,
+        batch_size: int = 32,
+        tau: float = 1.0,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 4,
+        gradient_steps: int = 1,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int = 1,
+        target_update_interval: int | tuple[int, str] = 10000,
+        exploration_fraction: float = 0.1,
+        exploration_initial_eps: float = 1.0,
+        exploration_final_eps: float = 0.05,
+        max_grad_norm: float = 10,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        next_action: NextActionName = "sampled",
+        loss: LossName = "mse",
+        _init_setup_model: bool = True,
+    ) -> None:
+        if next_action not in NEXT_ACTIONS:
+            raise ValueError(f"next_action must be one of {NEXT_ACTIONS}, got {next_action!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        _parse_target_update_interval(target_update_interval)
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            buffer_size,
+            learning_starts,
+            batch_size,
+            tau,
+            gamma,
+            train_freq,
+            gradient_steps,
+            action_noise=None,  # No action noise
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=n_steps,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            sde_support=False,
+            # Checked below, with a message that says what to use instead
+            supported_action_spaces=None,
+            support_multi_env=True,
+        )
+        # env is None only inside `load()`, which checks the saved action space against the env
+        if env is not None and not isinstance(self.action_space, spaces.Discrete):
+            raise ValueError(
+                "DeepSARSA only supports Discrete action spaces (one Q-value per action), "
+                f"but the env's action_space is {self.action_space}. "
+                "For continuous actions use SAC/TD3; for MultiDiscrete, flatten it into one Discrete space."
+            )
+
+        self.exploration_initial_eps = exploration_initial_eps
+        self.exploration_final_eps = exploration_final_eps
+        self.exploration_fraction = exploration_fraction
+        self.target_update_interval = target_update_interval
+        self.next_action = next_action
+        self.loss = loss
+        # For updating the target network with multiple envs:
+        self._n_calls = 0
+        # For updating the target network every K episodes:
+        self._episode_num_at_target_update = 0
+        self.max_grad_norm = max_grad_norm
+        # "epsilon" for the epsilon-greedy exploration
+        self.exploration_rate = 0.0
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._create_aliases()
+        # Copy running stats, see SB3 GH issue #996
+        self.batch_norm_stats = get_parameters_by_name(self.q_net, ["running_"])
+        self.batch_norm_stats_target = get_parameters_by_name(self.q_net_target, ["running_"])
+        self.exploration_schedule = LinearSchedule(
+            self.exploration_initial_eps,
+            self.exploration_final_eps,
+            self.exploration_fraction,
+        )
+        self._target_update_frequency, self._target_update_unit = _parse_target_update_interval(self.target_update_interval)
+        if self.next_action == "stored" and isinstance(self.replay_buffer, HerReplayBuffer):
+            raise ValueError(
+                "next_action='stored' reads a' from the next row of the replay buffer, which "
+                "HerReplayBuffer does not keep in order: use next_action='sampled' or 'expected'"
+            )
+        if self._target_update_unit == "step" and self.n_envs > 1 and self.n_envs > self._target_update_frequency:
+            warnings.warn(
+                "The number of environments used is greater than the target network "
+                f"update interval ({self.n_envs} > {self._target_update_frequency}), "
+                "therefore the target network will be updated after each call to env.step() "
+                f"which corresponds to {self.n_envs} steps.",
+                stacklevel=2,
+            )
+
+    def _create_aliases(self) -> None:
+        self.q_net = self.policy.q_net
+        self.q_net_target = self.policy.q_net_target
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, Any]:
+        last_obs = self._last_obs
+        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if self._last_obs is not last_obs and self.replay_buffer is not None:
+            # The envs were reset: the episodes of the newest rows will never continue
+            mark_newest_rows_truncated(self.replay_buffer)
+        return result
+
+    def _update_target_network(self) -> None:
+        polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
+        # Copy running stats, see SB3 GH issue #996
+        polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+
+    def _on_step(self) -> None:
+        """
+        Update the exploration rate and the target network if needed.
+        This method is called in ``collect_rollouts()`` after each step in the environment.
+        """
+        self._n_calls += 1
+        if self._target_update_unit == "episode":
+            # `_episode_num` counts the episodes that ended before this step, so the sync happens
+            # after the last gradient step of the K-th episode, as in the lecture's loop
+            if self._episode_num - self._episode_num_at_target_update >= self._target_update_frequency:
+                self._episode_num_at_target_update = self._episode_num
+                self._update_target_network()
+        # Account for multiple environments: each call to step() corresponds to n_envs transitions
+        elif self._n_calls % max(self._target_update_frequency // self.n_envs, 1) == 0:
+            self._update_target_network()
+
+        self.exploration_rate = self.exploration_schedule(self._current_progress_remaining)
+        self.logger.record("rollout/exploration_rate", self.exploration_rate)
+
+    def _sample(self, batch_size: int) -> tuple[ReplayBufferSamples | DictReplayBufferSamples, th.Tensor | None]:
+        """
+        Sample a minibatch and, for ``next_action="stored"``, the stored next actions.
+
+        :param batch_size: the minibatch size
+        :return: the samples, and for ``"stored"`` a long tensor ``(B, 1)`` of next actions
+            holding -1 where none exists (else None)
+        """
+        assert self.replay_buffer is not None
+        if self.next_action != "stored":
+            return self.replay_buffer.sample(batch_size, env=self._vec_normalize_env), None
+        samples, batch_inds, env_indices = sample_with_indices(self.replay_buffer, batch_size, self._vec_normalize_env)
+        next_actions, available = stored_next_actions(self.replay_buffer, batch_inds, env_indices)
+        stored = np.where(available, next_actions, -1).astype(np.int64).reshape(-1, 1)
+        return samples, th.as_tensor(stored, device=self.device)
+
+    def _td_target(
+        self, replay_data: ReplayBufferSamples | DictReplayBufferSamples, stored_actions: th.Tensor | None
+    ) -> th.Tensor:
+        """
+        The SARSA target of a minibatch (no gradient).
+
+        :param replay_data: the minibatch
+        :param stored_actions: the stored next actions (-1 where none), for ``next_action="stored"``
+        :return: the targets, shape ``(B, 1)``
+        """
+        # For n-step replay, discount factor is gamma**k (k = number of steps actually summed)
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        next_q_target = self.q_net_target(replay_data.next_observations)
+        if self.next_action == "expected":
+            probs = epsilon_greedy_probs(self.q_net(replay_data.next_observations), self.exploration_rate)
+            return expected_sarsa_target(replay_data.rewards, replay_data.dones, discounts, next_q_target, probs)
+        if stored_actions is not None and bool((stored_actions >= 0).all()):
+            next_actions = stored_actions
+        else:
+            next_actions = sample_epsilon_greedy(self.q_net(replay_data.next_observations), self.exploration_rate)
+            if stored_actions is not None:
+                next_actions = th.where(stored_actions >= 0, stored_actions, next_actions)
+        return sarsa_target(replay_data.rewards, replay_data.dones, discounts, next_q_target, next_actions)
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+        # Update learning rate according to schedule
+        self._update_learning_rate(self.policy.optimizer)
+
+        losses = []
+        q_means = []
+        fallbacks = []
+        for _ in range(gradient_steps):
+            replay_data, stored_actions = self._sample(batch_size)
+            with th.no_grad():
+                target_q_values = self._td_target(replay_data, stored_actions)
+                if stored_actions is not None:
+                    fallbacks.append((stored_actions < 0).float().mean().item())
+
+            # Q-values of every action in s; the loss reads only the taken action's entry
+            current_q_values = self.q_net(replay_data.observations)
+            loss = td_loss(current_q_values, replay_data.actions, target_q_values, self.loss)
+            losses.append(loss.item())
+            q_means.append(th.gather(current_q_values, 1, replay_data.actions.long()).mean().item())
+
+            # Optimize the policy
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            # Clip gradient norm
+            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+
+        # Increase update counter
+        self._n_updates += gradient_steps
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/loss", np.mean(losses))
+        self.logger.record("train/q_values", np.mean(q_means))
+        if fallbacks:
+            self.logger.record("train/stored_fallback_fraction", np.mean(fallbacks))
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """
+        Get the action of the ε-greedy policy: a uniformly random action with probability
+        ``exploration_rate`` unless ``deterministic``, else the greedy one. It is DQN's
+        ``predict``, called rather than copied.
+
+        :param observation: the input observation
+        :param state: The last states (can be None, used in recurrent policies)
+        :param episode_start: The last masks (can be None, used in recurrent policies)
+        :param deterministic: Whether or not to return deterministic actions.
+        :return: the model's action and the next state (used in recurrent policies)
+        """
+        return DQN.predict(self, observation, state, episode_start, deterministic)  # type: ignore[arg-type]
+
+    def learn(
+        self: SelfDeepSARSA,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "DeepSARSA",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfDeepSARSA:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "q_net", "q_net_target"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts = ["policy", "policy.optimizer"]
+
+        return state_dicts, []

@@ -1,0 +1,146 @@
+"""``next_action="stored"``: a' is the action actually taken next in the same env."""
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.env_util import make_vec_env
+
+from deep_sarsa import DeepSARSA
+from deep_sarsa.buffers import mark_newest_rows_truncated, sample_with_indices, stored_next_actions
+
+OBS_SPACE = spaces.Box(-1, 1, (2,), np.float32)
+ACTION_SPACE = spaces.Discrete(5)
+
+
+def fill(buffer: ReplayBuffer, n_steps: int, rng: np.random.Generator) -> list[list[dict[str, Any]]]:
+    """Add random transitions; return each env's own log of what happened, step by step."""
+    log: list[list[dict[str, Any]]] = [[] for _ in range(buffer.n_envs)]
+    for _ in range(n_steps):
+        actions = rng.integers(ACTION_SPACE.n, size=buffer.n_envs)
+        ends = rng.random(buffer.n_envs)
+        terminated, truncated = ends < 0.08, (ends >= 0.08) & (ends < 0.14)
+        infos = [{"TimeLimit.truncated": bool(t)} for t in truncated]
+        obs = rng.random((buffer.n_envs, 2)).astype(np.float32)
+        buffer.add(obs, obs, actions, np.zeros(buffer.n_envs), terminated | truncated, infos)
+        for env, entry in enumerate(log):
+            entry.append({"action": int(actions[env]), "end": bool(terminated[env] | truncated[env])})
+    return log
+
+
+def expected_next_action(log: list[dict[str, Any]], t: int, n_steps: int) -> int | None:
+    """Walk the env's own log: the action after the n-step sequence starting at t, or None."""
+    last = t
+    for k in range(n_steps):
+        last = t + k
+        if log[last]["end"] or last == len(log) - 1:
+            break
+    if log[last]["end"] or last == len(log) - 1:
+        return None
+    return log[last + 1]["action"]
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+@pytest.mark.parametrize("n_steps", [1, 3])
+@pytest.mark.parametrize("total", [5, 13, 47])  # before, at and well past wrap-around
+def test_stored_next_action_is_the_action_taken_next(n_envs: int, n_steps: int, total: int) -> None:
+    rng = np.random.default_rng(total * 10 + n_envs)
+    kwargs: dict[str, Any] = dict(n_envs=n_envs)
+    if n_steps > 1:
+        buffer: ReplayBuffer = NStepReplayBuffer(10 * n_envs, OBS_SPACE, ACTION_SPACE, n_steps=n_steps, **kwargs)
+    else:
+        buffer = ReplayBuffer(10 * n_envs, OBS_SPACE, ACTION_SPACE, **kwargs)
+    log = fill(buffer, total, rng)
+    grid = np.meshgrid(np.arange(buffer.buffer_size if buffer.full else buffer.pos), np.arange(n_envs))
+    rows, envs = grid[0].ravel(), grid[1].ravel()
+    next_actions, available = stored_next_actions(buffer, rows, envs)
+    newest = (buffer.pos - 1) % buffer.buffer_size
+    checked = 0
+    for row, env, action, ok in zip(rows, envs, next_actions, available, strict=True):
+        t = total - 1 - (newest - row) % buffer.buffer_size  # the env's step that wrote this row
+        expected = expected_next_action(log[env], int(t), n_steps)
+        assert ok == (expected is not None), (row, env, t)
+        if expected is not None:
+            assert action == expected
+            checked += 1
+    assert checked > 0
+
+
+def test_sample_with_indices_samples_and_consumes_randomness_like_sample() -> None:
+    buffer = ReplayBuffer(40, OBS_SPACE, ACTION_SPACE, n_envs=4)
+    fill(buffer, 17, np.random.default_rng(0))
+    np.random.seed(3)
+    plain = buffer.sample(16)
+    after_plain = np.random.rand()
+    np.random.seed(3)
+    samples, rows, envs = sample_with_indices(buffer, 16)
+    assert np.random.rand() == after_plain
+    for name in ["observations", "actions", "next_observations", "dones", "rewards"]:
+        np.testing.assert_array_equal(getattr(plain, name).numpy(), getattr(samples, name).numpy())
+    np.testing.assert_array_equal(samples.actions.numpy().ravel(), buffer.actions[rows, envs].ravel())
+    np.testing.assert_array_equal(samples.observations.numpy(), buffer.observations[rows, envs])  # type: ignore[union-attr]
+
+
+class ActionLog(gym.Wrapper):
+    """Records every action the env receives and whether the step ended the episode."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.log: list[dict[str, Any]] = []
+
+    def step(self, action: Any) -> Any:
+        result = self.env.step(action)
+        self.log.append({"action": int(action), "end": bool(result[2] or result[3])})
+        return result
+
+
+@pytest.mark.parametrize("n_steps", [1, 2])
+def test_stored_next_actions_during_training_with_several_envs(n_steps: int) -> None:
+    """Through DeepSARSA.learn, with truncation by a short time limit and a wrapping buffer."""
+    env = make_vec_env("CartPole-v1", n_envs=3, seed=0, env_kwargs=dict(max_episode_steps=9), wrapper_class=ActionLog)
+    model = DeepSARSA("MlpPolicy", env, buffer_size=3 * 50, learning_starts=30, next_action="stored", n_steps=n_steps, seed=0)
+    model.learn(3 * 130)
+    buffer = model.replay_buffer
+    assert buffer is not None and buffer.full
+    logs = [env.envs[i].get_wrapper_attr("log") for i in range(3)]  # type: ignore[attr-defined]
+    grid = np.meshgrid(np.arange(buffer.buffer_size), np.arange(3))
+    rows, envs = grid[0].ravel(), grid[1].ravel()
+    next_actions, available = stored_next_actions(buffer, rows, envs)
+    newest = (buffer.pos - 1) % buffer.buffer_size
+    for row, e, action, ok in zip(rows, envs, next_actions, available, strict=True):
+        t = len(logs[e]) - 1 - (newest - row) % buffer.buffer_size
+        expected = expected_next_action(logs[e], int(t), n_steps)
+        assert ok == (expected is not None)
+        if expected is not None:
+            assert action == expected
+    # Time-limit truncations are stored as timeouts and have no next action
+    assert buffer.timeouts.sum() > 0
+    assert not available[(buffer.timeouts[rows, envs] > 0) & (n_steps == 1)].any()
+
+
+def test_a_reset_between_learn_calls_cuts_the_running_episodes() -> None:
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", learning_starts=10, next_action="stored", seed=0)
+    model.learn(57)
+    buffer = model.replay_buffer
+    assert buffer is not None
+    newest = buffer.pos - 1
+    assert buffer.dones[newest, 0] == 0 or buffer.timeouts[newest, 0] == 0
+    was_running = buffer.dones[newest, 0] == 0
+    model.learn(20)  # reset_num_timesteps=True resets the env: the episode of row `newest` is cut
+    _, available = stored_next_actions(buffer, np.array([newest]), np.array([0]))
+    assert not available[0]
+    if was_running:
+        assert buffer.timeouts[newest, 0] == 1 and buffer.dones[newest, 0] == 0
+    newest = buffer.pos - 1
+    timeouts_before = buffer.timeouts[newest, 0]
+    model.learn(20, reset_num_timesteps=False)  # no reset: the episode goes on, nothing is marked
+    assert buffer.timeouts[newest, 0] == timeouts_before
+
+
+def test_mark_newest_rows_truncated_on_an_empty_buffer_is_a_no_op() -> None:
+    buffer = ReplayBuffer(8, OBS_SPACE, ACTION_SPACE)
+    mark_newest_rows_truncated(buffer)
+    assert buffer.timeouts.sum() == 0

@@ -1,0 +1,128 @@
+"""The TD targets and the loss, on small tensors with values worked out by hand."""
+
+import numpy as np
+import pytest
+import torch as th
+
+from deep_sarsa.targets import (
+    epsilon_greedy_probs,
+    expected_sarsa_target,
+    sample_epsilon_greedy,
+    sarsa_target,
+    td_loss,
+)
+
+Q_NEXT = th.tensor([[1.0, 4.0, 2.0], [3.0, 0.0, -6.0]])
+
+
+@pytest.mark.parametrize(
+    "epsilon, expected",
+    [
+        (0.0, [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
+        (1.0, [[1 / 3, 1 / 3, 1 / 3], [1 / 3, 1 / 3, 1 / 3]]),
+        (0.3, [[0.1, 0.8, 0.1], [0.8, 0.1, 0.1]]),
+    ],
+)
+def test_epsilon_greedy_probs(epsilon: float, expected: list[list[float]]) -> None:
+    probs = epsilon_greedy_probs(Q_NEXT, epsilon)
+    np.testing.assert_allclose(probs.numpy(), expected, atol=1e-6)
+
+
+def test_epsilon_greedy_probs_ties_go_to_first_index_like_predict() -> None:
+    # argmax (and so DQNPolicy._predict) picks the first of tied maxima
+    probs = epsilon_greedy_probs(th.tensor([[2.0, 5.0, 5.0]]), 0.0)
+    np.testing.assert_allclose(probs.numpy(), [[0.0, 1.0, 0.0]])
+
+
+def test_sample_epsilon_greedy_is_greedy_at_zero_and_uniform_at_one() -> None:
+    th.manual_seed(0)
+    q = Q_NEXT.repeat(5000, 1)
+    greedy = sample_epsilon_greedy(q, 0.0)
+    assert greedy.shape == (10000, 1)
+    assert th.equal(greedy[0::2], th.ones(5000, 1, dtype=th.long))
+    assert th.equal(greedy[1::2], th.zeros(5000, 1, dtype=th.long))
+    uniform = sample_epsilon_greedy(q, 1.0)
+    frequencies = th.bincount(uniform.flatten(), minlength=3).double() / 10000
+    # Standard error of a frequency of 1/3 over 10000 draws is 0.0047: 0.02 is > 4 of them
+    np.testing.assert_allclose(frequencies.numpy(), [1 / 3] * 3, atol=0.02)
+
+
+def test_sample_epsilon_greedy_matches_the_epsilon_greedy_probabilities() -> None:
+    th.manual_seed(1)
+    q = Q_NEXT[:1].repeat(20000, 1)
+    actions = sample_epsilon_greedy(q, 0.3)
+    frequencies = th.bincount(actions.flatten(), minlength=3).double() / 20000
+    np.testing.assert_allclose(frequencies.numpy(), [0.1, 0.8, 0.1], atol=0.015)
+
+
+def test_sarsa_target_by_hand() -> None:
+    rewards = th.tensor([[1.0], [-2.0], [0.5]])
+    dones = th.tensor([[0.0], [1.0], [0.0]])
+    next_q = th.tensor([[1.0, 4.0], [3.0, 7.0], [-1.0, 2.0]])
+    next_actions = th.tensor([[0], [1], [1]])
+    target = sarsa_target(rewards, dones, 0.9, next_q, next_actions)
+    # 1 + 0.9 * 1 ; terminal: -2 ; 0.5 + 0.9 * 2
+    np.testing.assert_allclose(target.numpy(), [[1.9], [-2.0], [2.3]], rtol=1e-6)
+
+
+def test_sarsa_target_uses_per_row_n_step_discounts() -> None:
+    # A 3-step return with gamma = 0.5 bootstraps with 0.5**3; one cut after 2 steps with 0.5**2
+    rewards = th.tensor([[1.75], [1.5]])
+    discounts = th.tensor([[0.125], [0.25]])
+    next_q = th.tensor([[8.0, 0.0], [0.0, 4.0]])
+    target = sarsa_target(rewards, th.zeros(2, 1), discounts, next_q, th.tensor([[0], [1]]))
+    np.testing.assert_allclose(target.numpy(), [[1.75 + 1.0], [1.5 + 1.0]])
+
+
+@pytest.mark.parametrize(
+    "epsilon, expected",
+    [
+        # greedy in s' is action 1 (Q = 4): the target is the greedy value, as Q-learning's
+        (0.0, 1.0 + 0.9 * 4.0),
+        # uniform: mean of (1, 4, 2) = 7/3
+        (1.0, 1.0 + 0.9 * 7.0 / 3.0),
+        # 0.1 * 1 + 0.8 * 4 + 0.1 * 2 = 3.5
+        (0.3, 1.0 + 0.9 * 3.5),
+    ],
+)
+def test_expected_sarsa_target_by_hand(epsilon: float, expected: float) -> None:
+    probs = epsilon_greedy_probs(Q_NEXT[:1], epsilon)
+    target = expected_sarsa_target(th.tensor([[1.0]]), th.tensor([[0.0]]), 0.9, Q_NEXT[:1], probs)
+    assert target.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_expected_sarsa_target_terminal_ignores_next_state() -> None:
+    probs = epsilon_greedy_probs(Q_NEXT[:1], 0.5)
+    target = expected_sarsa_target(th.tensor([[3.0]]), th.tensor([[1.0]]), 0.9, Q_NEXT[:1] * 1e6, probs)
+    assert target.item() == 3.0
+
+
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+def test_only_the_taken_action_receives_gradient(loss: str) -> None:
+    """Seed 000's question: the loss is built from Q(s, a) only, so dL/dQ(s, b) = 0 for b != a."""
+    q_values = th.tensor([[5.0, 7.0, 1.0], [2.0, -3.0, 0.5]], requires_grad=True)
+    actions = th.tensor([[1], [2]])
+    targets = th.tensor([[6.5], [3.0]])
+    td_loss(q_values, actions, targets, loss).backward()  # type: ignore[arg-type]
+    assert q_values.grad is not None
+    grad = q_values.grad.numpy()
+    # MSE: d/dq mean((q - y)^2) = 2 (q - y) / B ; Huber (|q - y| <= 1 -> quadratic / 2, else sign)
+    if loss == "mse":
+        expected = [[0.0, 2 * (7.0 - 6.5) / 2, 0.0], [0.0, 0.0, 2 * (0.5 - 3.0) / 2]]
+    else:
+        expected = [[0.0, (7.0 - 6.5) / 2, 0.0], [0.0, 0.0, -1.0 / 2]]
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
+
+
+def test_mse_and_huber_agree_on_small_errors_and_differ_on_large_ones() -> None:
+    q = th.tensor([[0.0]])
+    a = th.tensor([[0]])
+    assert td_loss(q, a, th.tensor([[0.5]]), "mse").item() == pytest.approx(0.25)
+    assert td_loss(q, a, th.tensor([[0.5]]), "huber").item() == pytest.approx(0.125)
+    assert td_loss(q, a, th.tensor([[10.0]]), "mse").item() == pytest.approx(100.0)
+    assert td_loss(q, a, th.tensor([[10.0]]), "huber").item() == pytest.approx(9.5)
+
+
+def test_unknown_loss_is_refused() -> None:
+    with pytest.raises(ValueError, match="loss must be"):
+        td_loss(th.zeros(1, 2), th.zeros(1, 1), th.zeros(1, 1), "l1")  # type: ignore[arg-type]
