@@ -10,11 +10,15 @@ SB3 one-hot encodes.
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
+import torch as th
 from gymnasium import spaces
+
+if TYPE_CHECKING:
+    from deep_sarsa.deep_sarsa import DeepSARSA
 
 
 @dataclass(frozen=True)
@@ -166,3 +170,48 @@ class TabularMDPEnv(gym.Env[np.int64, np.int64]):
         if not terminated:
             self.state = int(outcome)
         return np.int64(self.state), reward, terminated, False, {}
+
+
+def tabular_deep_sarsa(mdp: TabularMDP, epsilon: float, **kwargs: Any) -> "DeepSARSA":
+    """
+    A :class:`~deep_sarsa.DeepSARSA` whose Q-network is a Q-table, with a fixed ε.
+
+    One-hot observations and no hidden layer (``net_arch=[]``) make the network
+    ``Q(s, ·) = W·onehot(s) + b``, a table. It learns from every step (``train_freq=1``) with
+    batches of 256 and a target network synced every 100 steps.
+
+    :param mdp: the MDP to learn
+    :param epsilon: the exploration rate, held fixed from the first step
+    :param kwargs: any other DeepSARSA keyword, overriding the defaults above
+    :return: the model, not trained yet
+    """
+    from deep_sarsa.deep_sarsa import DeepSARSA
+
+    settings: dict[str, Any] = dict(
+        learning_rate=0.01,
+        learning_starts=64,
+        batch_size=256,
+        gamma=mdp.gamma,
+        train_freq=1,
+        gradient_steps=1,
+        target_update_interval=100,
+        exploration_fraction=0.0,
+        exploration_initial_eps=epsilon,
+        exploration_final_eps=epsilon,
+        policy_kwargs=dict(net_arch=[]),
+    )
+    settings.update(kwargs)
+    return DeepSARSA("MlpPolicy", TabularMDPEnv(mdp), **settings)
+
+
+def q_table(model: "DeepSARSA") -> np.ndarray:
+    """
+    The Q-values a model gives every state of a ``Discrete`` observation space.
+
+    :param model: a DeepSARSA model on a ``Discrete`` observation space
+    :return: ``Q[s, a]``, shape ``(S, A)``
+    """
+    assert isinstance(model.observation_space, spaces.Discrete)
+    with th.no_grad():
+        states = th.arange(int(model.observation_space.n), device=model.device)
+        return model.q_net(states).cpu().numpy()

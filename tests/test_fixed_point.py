@@ -10,41 +10,24 @@ fixed point is Q = Q^π with π ε-greedy over Q; for this MDP there is exactly 
 
 import numpy as np
 import pytest
-import torch as th
 
 from deep_sarsa import DeepSARSA
-from deep_sarsa.tabular import TabularMDPEnv, epsilon_greedy_fixed_points, epsilon_greedy_policy, q_star, risky_bridge
+from deep_sarsa.tabular import (
+    epsilon_greedy_fixed_points,
+    epsilon_greedy_policy,
+    q_star,
+    q_table,
+    risky_bridge,
+    tabular_deep_sarsa,
+)
 
 MDP = risky_bridge()
 START, EDGE, SAFE = 0, 1, 2
 
 
 def train(next_action: str, epsilon: float, steps: int, buffer_size: int, loss: str = "mse") -> DeepSARSA:
-    model = DeepSARSA(
-        "MlpPolicy",
-        TabularMDPEnv(MDP),
-        learning_rate=0.01,
-        buffer_size=buffer_size,
-        learning_starts=64,
-        batch_size=256,
-        gamma=MDP.gamma,
-        train_freq=1,
-        gradient_steps=1,
-        target_update_interval=100,
-        exploration_fraction=0.0,
-        exploration_initial_eps=epsilon,
-        exploration_final_eps=epsilon,
-        policy_kwargs=dict(net_arch=[]),
-        next_action=next_action,  # type: ignore[arg-type]
-        loss=loss,  # type: ignore[arg-type]
-        seed=0,
-    )
+    model = tabular_deep_sarsa(MDP, epsilon, buffer_size=buffer_size, next_action=next_action, loss=loss, seed=0)
     return model.learn(steps)
-
-
-def q_table(model: DeepSARSA) -> np.ndarray:
-    with th.no_grad():
-        return model.q_net(th.arange(MDP.n_states)).numpy()
 
 
 def reference(epsilon: float) -> np.ndarray:

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up, then run every check: lint, format, types, the examples' smoke mode and the test suite.
+# Extra arguments go to pytest (e.g. -m slow for the long learning runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python examples/quickstart.py --smoke
+# One torch thread per test worker: two workers on two cores
+OMP_NUM_THREADS=1 .venv/bin/python -m pytest -n 2 "$@"
