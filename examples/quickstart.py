@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gymnasium as gym
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
 
 from deep_sarsa import DeepSARSA
 
@@ -46,7 +47,7 @@ def main() -> None:
         model.save(path)
         loaded = DeepSARSA.load(path)
 
-    env = gym.make("CartPole-v1")
+    env = Monitor(gym.make("CartPole-v1"))
     mean, std = evaluate_policy(loaded, env, n_eval_episodes=20, deterministic=True)
     print(f"DeepSARSA on CartPole-v1 after {timesteps} steps: mean return {mean:.1f} ± {std:.1f} over 20 episodes")
 

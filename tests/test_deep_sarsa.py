@@ -270,10 +270,11 @@ def test_discrete_observations_are_one_hot() -> None:
     model.learn(200)
 
 
-def test_n_steps_uses_sb3_n_step_buffer() -> None:
+@pytest.mark.parametrize("next_action", ["sampled", "expected", "stored"])
+def test_n_steps_uses_sb3_n_step_buffer(next_action: str) -> None:
     from stable_baselines3.common.buffers import NStepReplayBuffer
 
-    model = DeepSARSA("MlpPolicy", "CartPole-v1", n_steps=3, next_action="stored", **SMALL)  # type: ignore[arg-type]
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", n_steps=3, next_action=next_action, **SMALL)  # type: ignore[arg-type]
     assert isinstance(model.replay_buffer, NStepReplayBuffer) and model.replay_buffer.n_steps == 3
     model.learn(200)
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 
 from deep_sarsa.targets import (
     epsilon_greedy_probs,
@@ -126,3 +127,64 @@ def test_mse_and_huber_agree_on_small_errors_and_differ_on_large_ones() -> None:
 def test_unknown_loss_is_refused() -> None:
     with pytest.raises(ValueError, match="loss must be"):
         td_loss(th.zeros(1, 2), th.zeros(1, 1), th.zeros(1, 1), "l1")  # type: ignore[arg-type]
+
+
+# A hand-built buffer (γ = 0.5), each row recognised by its reward:
+#   row 0: s=0 a=1 r=1.0 -> s'=1                    the next row's action is 0
+#   row 1: s=1 a=0 r=2.0 -> s'=2  terminated
+#   row 2: s=0 a=0 r=0.5 -> s'=3  truncated by the time limit
+#   row 3: s=0 a=1 r=1.5 -> s'=1  the newest row: its next action is not taken yet
+# Q_target(1, ·) = (10, 20), Q_target(3, ·) = (30, 40); the online greedy action is 1 in s'=1 and
+# 0 in s'=3.
+HAND_BUILT_TARGETS = {
+    # ε = 0: a' is the greedy action; terminal rows are r alone; truncated rows bootstrap
+    ("sampled", 0.0): {1.0: 1 + 0.5 * 20, 2.0: 2.0, 0.5: 0.5 + 0.5 * 30, 1.5: 1.5 + 0.5 * 20},
+    ("expected", 0.0): {1.0: 1 + 0.5 * 20, 2.0: 2.0, 0.5: 0.5 + 0.5 * 30, 1.5: 1.5 + 0.5 * 20},
+    # ε = 1: a uniform a', in expectation the mean of the two target values
+    ("expected", 1.0): {1.0: 1 + 0.5 * 15, 2.0: 2.0, 0.5: 0.5 + 0.5 * 35, 1.5: 1.5 + 0.5 * 15},
+    # stored: row 0 uses the action of row 1 (0); rows 2 (truncated) and 3 (newest) fall back
+    ("stored", 0.0): {1.0: 1 + 0.5 * 10, 2.0: 2.0, 0.5: 0.5 + 0.5 * 30, 1.5: 1.5 + 0.5 * 20},
+}
+
+
+@pytest.mark.parametrize("next_action, epsilon", list(HAND_BUILT_TARGETS))
+def test_targets_of_a_hand_built_buffer(next_action: str, epsilon: float) -> None:
+    from deep_sarsa import DeepSARSA
+    from deep_sarsa.tabular import TabularMDPEnv, risky_bridge
+
+    env = TabularMDPEnv(risky_bridge())
+    env.observation_space = spaces.Discrete(4)
+    model = DeepSARSA("MlpPolicy", env, gamma=0.5, policy_kwargs=dict(net_arch=[]), next_action=next_action)  # type: ignore[arg-type]
+    with th.no_grad():
+        target_layer, online_layer = model.q_net_target.q_net[0], model.q_net.q_net[0]
+        assert isinstance(target_layer, th.nn.Linear) and isinstance(online_layer, th.nn.Linear)
+        target_layer.bias.zero_()
+        target_layer.weight.copy_(th.tensor([[0.0, 10.0, 0.0, 30.0], [0.0, 20.0, 0.0, 40.0]]))  # weight[a, s]
+        online_layer.bias.zero_()
+        online_layer.weight.copy_(th.tensor([[0.0, 0.0, 0.0, 5.0], [0.0, 5.0, 0.0, 0.0]]))
+    rows = [
+        (0, 1, 1.0, 1, False, False),
+        (1, 0, 2.0, 2, True, False),
+        (0, 0, 0.5, 3, True, True),
+        (0, 1, 1.5, 1, False, False),
+    ]
+    assert model.replay_buffer is not None
+    for obs, action, reward, next_obs, done, truncated in rows:
+        model.replay_buffer.add(
+            np.array([obs]),
+            np.array([next_obs]),
+            np.array([action]),
+            np.array([reward]),
+            np.array([done]),
+            [{"TimeLimit.truncated": truncated}],
+        )
+    model.exploration_rate = epsilon
+    replay_data, stored = model._sample(200)
+    with th.no_grad():
+        targets = model._td_target(replay_data, stored)
+    expected = HAND_BUILT_TARGETS[(next_action, epsilon)]
+    seen = set()
+    for reward, target in zip(replay_data.rewards.flatten().tolist(), targets.flatten().tolist(), strict=True):
+        assert target == pytest.approx(expected[reward]), reward
+        seen.add(reward)
+    assert seen == set(expected)
