@@ -58,22 +58,20 @@ def _episode_boundary(buffer: ReplayBuffer) -> np.ndarray:
     return np.logical_or(buffer.dones > 0, buffer.timeouts > 0)
 
 
-def stored_next_actions(
-    buffer: ReplayBuffer, batch_inds: np.ndarray, env_indices: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_rows(buffer: ReplayBuffer, batch_inds: np.ndarray, env_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
-    The action actually taken in the state the sampled transitions bootstrap from.
+    The row whose next observation each sampled transition bootstraps from, and whether the
+    agent's action in that next state is stored in the buffer.
 
-    For a 1-step buffer that state is s' of the sampled row. For an ``NStepReplayBuffer`` it is
-    the state after the last row of the n-step sequence (the sequence stops early at an episode
-    end or at the newest row, exactly as SB3 computes it), so a' is the action taken there.
+    For a 1-step buffer that row is the sampled row itself. For an ``NStepReplayBuffer`` it is the
+    last row of the n-step sequence (the sequence stops early at an episode end or at the newest
+    row, exactly as SB3 computes it).
 
     :param buffer: the replay buffer the rows were sampled from
     :param batch_inds: row indices of the sampled transitions
     :param env_indices: env (column) indices of the sampled transitions
-    :return: ``(next_actions, available)``: the actions, shape ``(B,)``, and a boolean mask,
-        shape ``(B,)``, that is False where the next action does not exist (episode ended,
-        or it has not been taken yet); ``next_actions`` is meaningless there
+    :return: ``(last_rows, has_next)``: the rows, shape ``(B,)``, and a boolean mask, shape ``(B,)``,
+        False where the next action does not exist (episode ended, or not taken yet)
     """
     n_steps = buffer.n_steps if isinstance(buffer, NStepReplayBuffer) else 1
     newest = (buffer.pos - 1) % buffer.buffer_size
@@ -83,7 +81,25 @@ def stored_next_actions(
     # Offset of the last row used by the n-step return: the first end, else the n-th row
     offset = np.where(ends.any(axis=1), ends.argmax(axis=1), n_steps - 1)
     last = (batch_inds + offset) % buffer.buffer_size
-    available = np.logical_and(~boundary[last, env_indices], last != newest)
+    has_next = np.logical_and(~boundary[last, env_indices], last != newest)
+    return last, has_next
+
+
+def stored_next_actions(
+    buffer: ReplayBuffer, batch_inds: np.ndarray, env_indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The action actually taken in the state the sampled transitions bootstrap from: the action of
+    the row after :func:`bootstrap_rows`' row, in the same env.
+
+    :param buffer: the replay buffer the rows were sampled from
+    :param batch_inds: row indices of the sampled transitions
+    :param env_indices: env (column) indices of the sampled transitions
+    :return: ``(next_actions, available)``: the actions, shape ``(B,)``, and a boolean mask,
+        shape ``(B,)``, that is False where the next action does not exist (episode ended,
+        or it has not been taken yet); ``next_actions`` is meaningless there
+    """
+    last, available = bootstrap_rows(buffer, batch_inds, env_indices)
     next_rows = (last + 1) % buffer.buffer_size
     next_actions = buffer.actions[next_rows, env_indices].reshape(len(batch_inds))
     return next_actions, available

@@ -1,9 +1,10 @@
 import warnings
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
@@ -19,11 +20,13 @@ from stable_baselines3.dqn import DQN
 from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy, QNetwork
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
-from deep_sarsa.buffers import mark_newest_rows_truncated, sample_with_indices, stored_next_actions
+from deep_sarsa.buffers import bootstrap_rows, mark_newest_rows_truncated, sample_with_indices, stored_next_actions
+from deep_sarsa.masking import attach_masks, check_action_masks, masks_of, sample_valid_actions
 from deep_sarsa.targets import (
     LossName,
     epsilon_greedy_probs,
     expected_sarsa_target,
+    greedy_actions,
     sample_epsilon_greedy,
     sarsa_target,
     td_loss,
@@ -35,6 +38,17 @@ NextActionName = Literal["sampled", "expected", "stored"]
 NEXT_ACTIONS: tuple[str, ...] = ("sampled", "expected", "stored")
 LOSSES: tuple[str, ...] = ("mse", "huber")
 TARGET_UPDATE_UNITS: tuple[str, ...] = ("step", "episode")
+
+
+class NextState(NamedTuple):
+    """What a minibatch needs to know about the states it bootstraps from, beyond SB3's samples."""
+
+    #: the stored next actions, ``(B, 1)`` long, -1 where none exists (``next_action="stored"``)
+    stored_actions: th.Tensor | None
+    #: the masks of valid actions in s', ``(B, A)`` bool (masking on)
+    masks: th.Tensor | None
+    #: whether that mask is known, ``(B, 1)``; rows with an unknown mask do not bootstrap
+    masks_known: th.Tensor | None
 
 
 def _parse_target_update_interval(value: Any) -> tuple[int, str]:
@@ -122,6 +136,9 @@ class DeepSARSA(OffPolicyAlgorithm):
         Q(start, edge) ≈ 8.15 where the exact Q^π is 5.73, and so prefers the risky route that the
         ε-greedy agent should avoid (5 runs of 5); MSE learns 5.76 and takes the safe route
         (``benchmarks/results/loss_choice.md``). Use ``"huber"`` for DQN's behaviour.
+    :param use_masking: use invalid-action masks when the env provides them (an ``action_masks()``
+        method on the env or a wrapper, as sb3-contrib's ``ActionMasker``): exploration and greedy
+        actions are chosen among valid actions only, and a' in the targets too. ``False`` ignores them.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -164,6 +181,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         device: th.device | str = "auto",
         next_action: NextActionName = "sampled",
         loss: LossName = "mse",
+        use_masking: bool = True,
         _init_setup_model: bool = True,
     ) -> None:
         if next_action not in NEXT_ACTIONS:
@@ -212,6 +230,10 @@ class DeepSARSA(OffPolicyAlgorithm):
         self.target_update_interval = target_update_interval
         self.next_action = next_action
         self.loss = loss
+        self.use_masking = use_masking
+        # Whether the current env is masked (set by `learn()`), and the masks of its current states
+        self._masking = False
+        self._last_masks: np.ndarray | None = None
         # For updating the target network with multiple envs:
         self._n_calls = 0
         # For updating the target network every K episodes:
@@ -266,7 +288,52 @@ class DeepSARSA(OffPolicyAlgorithm):
         if self._last_obs is not last_obs and self.replay_buffer is not None:
             # The envs were reset: the episodes of the newest rows will never continue
             mark_newest_rows_truncated(self.replay_buffer)
+        assert self.env is not None and self.replay_buffer is not None
+        self._masking = self.use_masking and is_masking_supported(self.env)
+        if self._masking:
+            attach_masks(self.replay_buffer, self._n_actions)
+            self._last_masks = check_action_masks(get_action_masks(self.env), self.n_envs, self._n_actions)
         return result
+
+    @property
+    def _n_actions(self) -> int:
+        assert isinstance(self.action_space, spaces.Discrete)
+        return int(self.action_space.n)
+
+    def _sample_action(self, learning_starts: int, action_noise: Any = None, n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        if not self._masking:
+            return super()._sample_action(learning_starts, action_noise, n_envs)
+        assert self._last_masks is not None and self._last_obs is not None
+        if self.num_timesteps < learning_starts:
+            # Warm-up: uniformly random among the valid actions
+            action = sample_valid_actions(self._last_masks)
+        else:
+            action, _ = self.predict(self._last_obs, deterministic=False, action_masks=self._last_masks)
+        return action, action
+
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: np.ndarray | dict[str, np.ndarray],
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        if not self._masking:
+            return
+        assert self.env is not None
+        # The envs are in their new states now: s' where the episode goes on, a reset state where it ended
+        current = check_action_masks(get_action_masks(self.env), self.n_envs, self._n_actions)
+        next_masks, known = current.copy(), ~dones.astype(bool)
+        for i, info in enumerate(infos):
+            if dones[i] and info.get("TimeLimit.truncated", False) and info.get("action_mask") is not None:
+                next_masks[i] = check_action_masks(info["action_mask"], 1, self._n_actions)[0]
+                known[i] = True
+        store = attach_masks(replay_buffer, self._n_actions)
+        store.write((replay_buffer.pos - 1) % replay_buffer.buffer_size, next_masks, known)
+        self._last_masks = current
 
     def _update_target_network(self) -> None:
         polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
@@ -292,45 +359,60 @@ class DeepSARSA(OffPolicyAlgorithm):
         self.exploration_rate = self.exploration_schedule(self._current_progress_remaining)
         self.logger.record("rollout/exploration_rate", self.exploration_rate)
 
-    def _sample(self, batch_size: int) -> tuple[ReplayBufferSamples | DictReplayBufferSamples, th.Tensor | None]:
+    def _sample(self, batch_size: int) -> tuple[ReplayBufferSamples | DictReplayBufferSamples, NextState]:
         """
-        Sample a minibatch and, for ``next_action="stored"``, the stored next actions.
+        Sample a minibatch, with the stored next actions (``next_action="stored"``) and the masks
+        of s' (masking on).
 
         :param batch_size: the minibatch size
-        :return: the samples, and for ``"stored"`` a long tensor ``(B, 1)`` of next actions
-            holding -1 where none exists (else None)
+        :return: the samples and what is known of their next states
         """
         assert self.replay_buffer is not None
-        if self.next_action != "stored":
-            return self.replay_buffer.sample(batch_size, env=self._vec_normalize_env), None
+        mask_store = masks_of(self.replay_buffer) if self._masking else None
+        if self.next_action != "stored" and mask_store is None:
+            return self.replay_buffer.sample(batch_size, env=self._vec_normalize_env), NextState(None, None, None)
         samples, batch_inds, env_indices = sample_with_indices(self.replay_buffer, batch_size, self._vec_normalize_env)
-        next_actions, available = stored_next_actions(self.replay_buffer, batch_inds, env_indices)
-        stored = np.where(available, next_actions, -1).astype(np.int64).reshape(-1, 1)
-        return samples, th.as_tensor(stored, device=self.device)
+        stored = masks = known = None
+        if self.next_action == "stored":
+            next_actions, available = stored_next_actions(self.replay_buffer, batch_inds, env_indices)
+            stored_np = np.where(available, next_actions, -1).astype(np.int64).reshape(-1, 1)
+            stored = th.as_tensor(stored_np, device=self.device)
+        if mask_store is not None:
+            last_rows, _ = bootstrap_rows(self.replay_buffer, batch_inds, env_indices)
+            masks_np, known_np = mask_store.read(last_rows, env_indices)
+            masks_np[~known_np] = True  # any valid action will do: these rows do not bootstrap
+            masks = th.as_tensor(masks_np, device=self.device)
+            known = th.as_tensor(known_np.reshape(-1, 1), device=self.device)
+        return samples, NextState(stored, masks, known)
 
-    def _td_target(
-        self, replay_data: ReplayBufferSamples | DictReplayBufferSamples, stored_actions: th.Tensor | None
-    ) -> th.Tensor:
+    def _td_target(self, replay_data: ReplayBufferSamples | DictReplayBufferSamples, next_state: NextState) -> th.Tensor:
         """
         The SARSA target of a minibatch (no gradient).
 
         :param replay_data: the minibatch
-        :param stored_actions: the stored next actions (-1 where none), for ``next_action="stored"``
+        :param next_state: stored next actions and masks of s', from :meth:`_sample`
         :return: the targets, shape ``(B, 1)``
         """
         # For n-step replay, discount factor is gamma**k (k = number of steps actually summed)
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        dones = replay_data.dones
+        if next_state.masks_known is not None:
+            # A row whose s' mask is unknown (cut by a time limit, env reset since) does not bootstrap
+            dones = th.maximum(dones, (~next_state.masks_known).to(dones.dtype))
         next_q_target = self.q_net_target(replay_data.next_observations)
         if self.next_action == "expected":
-            probs = epsilon_greedy_probs(self.q_net(replay_data.next_observations), self.exploration_rate)
-            return expected_sarsa_target(replay_data.rewards, replay_data.dones, discounts, next_q_target, probs)
+            probs = epsilon_greedy_probs(self.q_net(replay_data.next_observations), self.exploration_rate, next_state.masks)
+            return expected_sarsa_target(replay_data.rewards, dones, discounts, next_q_target, probs)
+        stored_actions = next_state.stored_actions
         if stored_actions is not None and bool((stored_actions >= 0).all()):
             next_actions = stored_actions
         else:
-            next_actions = sample_epsilon_greedy(self.q_net(replay_data.next_observations), self.exploration_rate)
+            next_actions = sample_epsilon_greedy(
+                self.q_net(replay_data.next_observations), self.exploration_rate, next_state.masks
+            )
             if stored_actions is not None:
                 next_actions = th.where(stored_actions >= 0, stored_actions, next_actions)
-        return sarsa_target(replay_data.rewards, replay_data.dones, discounts, next_q_target, next_actions)
+        return sarsa_target(replay_data.rewards, dones, discounts, next_q_target, next_actions)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Switch to train mode (this affects batch norm / dropout)
@@ -342,11 +424,11 @@ class DeepSARSA(OffPolicyAlgorithm):
         q_means = []
         fallbacks = []
         for _ in range(gradient_steps):
-            replay_data, stored_actions = self._sample(batch_size)
+            replay_data, next_state = self._sample(batch_size)
             with th.no_grad():
-                target_q_values = self._td_target(replay_data, stored_actions)
-                if stored_actions is not None:
-                    fallbacks.append((stored_actions < 0).float().mean().item())
+                target_q_values = self._td_target(replay_data, next_state)
+                if next_state.stored_actions is not None:
+                    fallbacks.append((next_state.stored_actions < 0).float().mean().item())
 
             # Q-values of every action in s; the loss reads only the taken action's entry
             current_q_values = self.q_net(replay_data.observations)
@@ -376,19 +458,37 @@ class DeepSARSA(OffPolicyAlgorithm):
         state: tuple[np.ndarray, ...] | None = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """
         Get the action of the ε-greedy policy: a uniformly random action with probability
-        ``exploration_rate`` unless ``deterministic``, else the greedy one. It is DQN's
-        ``predict``, called rather than copied.
+        ``exploration_rate`` unless ``deterministic``, else the greedy one. Without masks it is
+        DQN's ``predict``, called rather than copied.
 
         :param observation: the input observation
         :param state: The last states (can be None, used in recurrent policies)
         :param episode_start: The last masks (can be None, used in recurrent policies)
         :param deterministic: Whether or not to return deterministic actions.
+        :param action_masks: valid actions, shape ``(n_envs, n_actions)`` (or ``(n_actions,)`` for
+            one observation), as ``MaskablePPO.predict``: both the random and the greedy action are
+            chosen among them
         :return: the model's action and the next state (used in recurrent policies)
         """
-        return DQN.predict(self, observation, state, episode_start, deterministic)  # type: ignore[arg-type]
+        if action_masks is None:
+            return DQN.predict(self, observation, state, episode_start, deterministic)  # type: ignore[arg-type]
+        self.policy.set_training_mode(False)
+        obs_tensor, vectorized = self.policy.obs_to_tensor(observation)
+        first = next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor
+        masks = check_action_masks(action_masks, first.shape[0], self._n_actions)
+        if not deterministic and np.random.rand() < self.exploration_rate:
+            actions = sample_valid_actions(masks)
+        else:
+            with th.no_grad():
+                q_values = self.q_net(obs_tensor)
+            actions = greedy_actions(q_values, th.as_tensor(masks, device=self.device)).cpu().numpy()
+        if not vectorized:
+            actions = actions.squeeze(axis=0)
+        return actions, state
 
     def learn(
         self: SelfDeepSARSA,

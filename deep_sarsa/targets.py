@@ -14,35 +14,57 @@ from torch.nn import functional as F
 LossName = Literal["mse", "huber"]
 
 
-def epsilon_greedy_probs(q_values: th.Tensor, epsilon: float) -> th.Tensor:
+def greedy_actions(q_values: th.Tensor, masks: th.Tensor | None = None) -> th.Tensor:
+    """
+    The greedy action of each row (``argmax``, first index on ties), among valid actions if masked.
+
+    :param q_values: Q-values of shape ``(B, A)``
+    :param masks: optional boolean masks of valid actions, shape ``(B, A)``
+    :return: actions of shape ``(B,)``
+    """
+    if masks is None:
+        return q_values.argmax(dim=1)
+    return q_values.masked_fill(~masks, -th.inf).argmax(dim=1)
+
+
+def epsilon_greedy_probs(q_values: th.Tensor, epsilon: float, masks: th.Tensor | None = None) -> th.Tensor:
     """
     Action probabilities of the ε-greedy policy over ``q_values``.
 
     It is the policy that ``predict(deterministic=False)`` follows: with probability ε a
     uniformly random action (the greedy one included), otherwise the greedy action
-    (``argmax``, first index on ties).
+    (``argmax``, first index on ties). With ``masks``, both the random and the greedy
+    action are chosen among valid actions only.
 
     :param q_values: Q-values of shape ``(B, A)``
     :param epsilon: exploration rate, in [0, 1]
+    :param masks: optional boolean masks of valid actions, shape ``(B, A)``, each row with a valid action
     :return: probabilities of shape ``(B, A)``, each row summing to one
     """
-    n_actions = q_values.shape[1]
-    probs = th.full_like(q_values, epsilon / n_actions)
-    greedy = q_values.argmax(dim=1, keepdim=True)
+    if masks is None:
+        probs = th.full_like(q_values, epsilon / q_values.shape[1])
+    else:
+        valid = masks.to(q_values.dtype)
+        probs = epsilon * valid / valid.sum(dim=1, keepdim=True)
+    greedy = greedy_actions(q_values, masks).reshape(-1, 1)
     return probs.scatter_add(1, greedy, th.full_like(greedy, 1.0 - epsilon, dtype=q_values.dtype))
 
 
-def sample_epsilon_greedy(q_values: th.Tensor, epsilon: float) -> th.Tensor:
+def sample_epsilon_greedy(q_values: th.Tensor, epsilon: float, masks: th.Tensor | None = None) -> th.Tensor:
     """
     Draw one action per row from the ε-greedy policy over ``q_values``.
 
     :param q_values: Q-values of shape ``(B, A)``
     :param epsilon: exploration rate, in [0, 1]
+    :param masks: optional boolean masks of valid actions, shape ``(B, A)``, each row with a valid action
     :return: actions of shape ``(B, 1)``, dtype ``long``
     """
     batch_size, n_actions = q_values.shape
-    greedy = q_values.argmax(dim=1)
-    random_actions = th.randint(n_actions, (batch_size,), device=q_values.device)
+    greedy = greedy_actions(q_values, masks)
+    if masks is None:
+        random_actions = th.randint(n_actions, (batch_size,), device=q_values.device)
+    else:
+        random_actions = th.multinomial(masks.to(q_values.dtype), 1).reshape(-1)
     explore = th.rand(batch_size, device=q_values.device) < epsilon
     return th.where(explore, random_actions, greedy).reshape(-1, 1)
 

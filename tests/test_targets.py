@@ -179,9 +179,9 @@ def test_targets_of_a_hand_built_buffer(next_action: str, epsilon: float) -> Non
             [{"TimeLimit.truncated": truncated}],
         )
     model.exploration_rate = epsilon
-    replay_data, stored = model._sample(200)
+    replay_data, next_state = model._sample(200)
     with th.no_grad():
-        targets = model._td_target(replay_data, stored)
+        targets = model._td_target(replay_data, next_state)
     expected = HAND_BUILT_TARGETS[(next_action, epsilon)]
     seen = set()
     for reward, target in zip(replay_data.rewards.flatten().tolist(), targets.flatten().tolist(), strict=True):

@@ -1,0 +1,126 @@
+"""
+Invalid-action masking for DeepSARSA, with sb3-contrib's conventions.
+
+Masks are found the way sb3-contrib finds them (:func:`sb3_contrib.common.maskable.utils.is_masking_supported`
+and ``get_action_masks``: an ``action_masks()`` method on the env, on a wrapper such as
+:class:`sb3_contrib.common.wrappers.ActionMasker`, or on every env of a VecEnv).
+
+The targets need the mask of s'. :class:`NextStateMasks` keeps it beside SB3's replay buffer, row
+for row (same ``(buffer_size, n_envs)`` layout, written at the same position as the transition), as
+packed bits: ``ceil(n_actions / 8)`` bytes plus one "known" byte per transition (Taxi's 6 actions:
+2 bytes, against 8 for the action alone). It is attached to the buffer object, so
+``save_replay_buffer`` / ``load_replay_buffer`` keep it.
+
+The mask of s' is read from the env right after each step: for an episode that goes on, that is
+the mask of s'. When the episode ended, VecEnvs have already reset the env; a terminal row needs
+no mask (it does not bootstrap), and a row cut by a time limit uses ``info["action_mask"]`` of
+that step if the env reports one (as Gymnasium's Taxi does); otherwise its mask is unknown and
+the row does not bootstrap, so that the value of an invalid action can never leak into a target.
+"""
+
+import numpy as np
+from stable_baselines3.common.buffers import ReplayBuffer
+
+#: The attribute of the replay buffer that holds its :class:`NextStateMasks`
+MASKS_ATTRIBUTE = "next_state_action_masks"
+
+
+class NextStateMasks:
+    """
+    The action masks of the next observation of every transition in a replay buffer, packed as bits.
+
+    :param buffer_size: rows of the replay buffer (its ``buffer_size`` after division by ``n_envs``)
+    :param n_envs: number of envs (columns)
+    :param n_actions: size of the Discrete action space
+    """
+
+    def __init__(self, buffer_size: int, n_envs: int, n_actions: int) -> None:
+        self.n_actions = n_actions
+        self.bits = np.zeros((buffer_size, n_envs, (n_actions + 7) // 8), dtype=np.uint8)
+        self.known = np.zeros((buffer_size, n_envs), dtype=bool)
+
+    def write(self, row: int, masks: np.ndarray, known: np.ndarray) -> None:
+        """
+        Store the masks of one row (one step of every env).
+
+        :param row: the buffer row the step was written to
+        :param masks: boolean masks, shape ``(n_envs, n_actions)``
+        :param known: whether each env's mask is known, shape ``(n_envs,)``
+        """
+        self.bits[row] = np.packbits(masks.astype(bool), axis=-1)
+        self.known[row] = known
+
+    def read(self, rows: np.ndarray, env_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """
+        :param rows: row indices, shape ``(B,)``
+        :param env_indices: env indices, shape ``(B,)``
+        :return: the masks, shape ``(B, n_actions)``, and whether they are known, shape ``(B,)``
+        """
+        masks = np.unpackbits(self.bits[rows, env_indices], axis=-1, count=self.n_actions).astype(bool)
+        return masks, self.known[rows, env_indices]
+
+
+def masks_of(buffer: ReplayBuffer) -> NextStateMasks | None:
+    """
+    :param buffer: a replay buffer
+    :return: its next-state masks, if it keeps them
+    """
+    return getattr(buffer, MASKS_ATTRIBUTE, None)
+
+
+def attach_masks(buffer: ReplayBuffer, n_actions: int) -> NextStateMasks:
+    """
+    Give a replay buffer a :class:`NextStateMasks` store, unless it has one already. Rows written
+    before are marked unknown (they will not bootstrap).
+
+    :param buffer: the replay buffer
+    :param n_actions: size of the Discrete action space
+    :return: the store
+    """
+    store = masks_of(buffer)
+    if store is None or store.n_actions != n_actions or store.known.shape != buffer.dones.shape:
+        store = NextStateMasks(buffer.buffer_size, buffer.n_envs, n_actions)
+        setattr(buffer, MASKS_ATTRIBUTE, store)
+    return store
+
+
+def check_action_masks(action_masks: np.ndarray | list, n_envs: int, n_actions: int) -> np.ndarray:
+    """
+    Validate masks and return them as a boolean array of shape ``(n_envs, n_actions)``.
+
+    :param action_masks: one mask per observation (True or 1 = valid), or a single mask when
+        ``n_envs`` is 1
+    :param n_envs: number of observations the masks are for
+    :param n_actions: size of the Discrete action space
+    :return: the masks as booleans
+    """
+    masks = np.asarray(action_masks)
+    if masks.dtype != bool:
+        if masks.dtype.kind not in "iuf" or not np.isin(masks, (0, 1)).all():
+            raise ValueError(
+                f"action_masks must be booleans (or 0/1), got dtype {masks.dtype} with values {np.unique(masks)[:5]}"
+            )
+        masks = masks.astype(bool)
+    if masks.shape == (n_actions,) and n_envs == 1:
+        masks = masks.reshape(1, n_actions)
+    if masks.shape != (n_envs, n_actions):
+        raise ValueError(
+            f"action_masks must have shape ({n_envs}, {n_actions}) (one mask of {n_actions} actions per observation), "
+            f"got shape {masks.shape}"
+        )
+    empty = ~masks.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"action_masks allow no action for observation(s) {np.flatnonzero(empty).tolist()}: at least one must be valid"
+        )
+    return masks
+
+
+def sample_valid_actions(masks: np.ndarray) -> np.ndarray:
+    """
+    One uniformly random valid action per row.
+
+    :param masks: boolean masks, shape ``(n, n_actions)``, each row with a valid action
+    :return: actions, shape ``(n,)``
+    """
+    return np.array([np.random.choice(np.flatnonzero(row)) for row in masks])
