@@ -1,6 +1,7 @@
 import warnings
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
+import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
@@ -31,13 +32,11 @@ from deep_sarsa.targets import (
     sarsa_target,
     td_loss,
 )
+from deep_sarsa.validation import check_hyperparameters, parse_target_update_interval
 
 SelfDeepSARSA = TypeVar("SelfDeepSARSA", bound="DeepSARSA")
 
 NextActionName = Literal["sampled", "expected", "stored"]
-NEXT_ACTIONS: tuple[str, ...] = ("sampled", "expected", "stored")
-LOSSES: tuple[str, ...] = ("mse", "huber")
-TARGET_UPDATE_UNITS: tuple[str, ...] = ("step", "episode")
 
 
 class NextState(NamedTuple):
@@ -51,22 +50,17 @@ class NextState(NamedTuple):
     masks_known: th.Tensor | None
 
 
-def _parse_target_update_interval(value: Any) -> tuple[int, str]:
+def _make_env(env_id: str) -> gym.Env:
     """
-    Turn ``target_update_interval`` into ``(frequency, unit)``.
+    ``gym.make(env_id)`` (``"module:EnvId"`` imports the module first), failing with the name.
 
-    :param value: an int (environment steps) or a tuple ``(K, "step")`` / ``(K, "episode")``
-    :return: the frequency and its unit
+    :param env_id: a registered environment id
+    :return: the environment
     """
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2 or value[1] not in TARGET_UPDATE_UNITS:
-            raise ValueError(f"target_update_interval must be an int or a tuple (K, 'step') / (K, 'episode'), got {value!r}")
-        frequency, unit = value
-    else:
-        frequency, unit = value, "step"
-    if isinstance(frequency, bool) or not isinstance(frequency, (int, np.integer)) or frequency < 1:
-        raise ValueError(f"target_update_interval must be a positive integer number of {unit}s, got {frequency!r}")
-    return int(frequency), unit
+    try:
+        return gym.make(env_id)
+    except (gym.error.Error, ModuleNotFoundError) as error:
+        raise ValueError(f"env={env_id!r} is not an environment Gymnasium can make: {error}") from error
 
 
 class DeepSARSA(OffPolicyAlgorithm):
@@ -184,11 +178,26 @@ class DeepSARSA(OffPolicyAlgorithm):
         use_masking: bool = True,
         _init_setup_model: bool = True,
     ) -> None:
-        if next_action not in NEXT_ACTIONS:
-            raise ValueError(f"next_action must be one of {NEXT_ACTIONS}, got {next_action!r}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        _parse_target_update_interval(target_update_interval)
+        check_hyperparameters(
+            learning_rate=learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            train_freq=train_freq,
+            gradient_steps=gradient_steps,
+            n_steps=n_steps,
+            target_update_interval=target_update_interval,
+            exploration_fraction=exploration_fraction,
+            exploration_initial_eps=exploration_initial_eps,
+            exploration_final_eps=exploration_final_eps,
+            max_grad_norm=max_grad_norm,
+            next_action=next_action,
+            loss=loss,
+        )
+        if isinstance(env, str):
+            env = _make_env(env)
         super().__init__(
             policy,
             env,
@@ -256,7 +265,7 @@ class DeepSARSA(OffPolicyAlgorithm):
             self.exploration_final_eps,
             self.exploration_fraction,
         )
-        self._target_update_frequency, self._target_update_unit = _parse_target_update_interval(self.target_update_interval)
+        self._target_update_frequency, self._target_update_unit = parse_target_update_interval(self.target_update_interval)
         if self.next_action == "stored" and isinstance(self.replay_buffer, HerReplayBuffer):
             raise ValueError(
                 "next_action='stored' reads a' from the next row of the replay buffer, which "

@@ -7,6 +7,8 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python examples/quickstart.py --smoke
+for example in examples/*.py; do
+    OMP_NUM_THREADS=1 .venv/bin/python "$example" --smoke
+done
 # One torch thread per test worker: two workers on two cores
 OMP_NUM_THREADS=1 .venv/bin/python -m pytest -n 2 "$@"
