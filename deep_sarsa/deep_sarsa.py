@@ -1,4 +1,10 @@
+import io
+import json
+import os
+import pathlib
 import warnings
+import zipfile
+from collections.abc import Iterable
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import gymnasium as gym
@@ -61,6 +67,64 @@ def _make_env(env_id: str) -> gym.Env:
         return gym.make(env_id)
     except (gym.error.Error, ModuleNotFoundError) as error:
         raise ValueError(f"env={env_id!r} is not an environment Gymnasium can make: {error}") from error
+
+
+class NonFiniteError(ValueError):
+    """An observation or a reward from the env was NaN or infinite."""
+
+
+def _check_finite(
+    new_obs: np.ndarray | dict[str, np.ndarray], reward: np.ndarray, infos: list[dict[str, Any]], dones: np.ndarray, step: int
+) -> None:
+    """
+    Raise :class:`NonFiniteError` if a reward, a next observation or a terminal observation is NaN or ±inf.
+
+    :param new_obs: the observations the envs returned
+    :param reward: the rewards
+    :param infos: the infos (terminal observations of the envs whose episode ended)
+    :param dones: the episode ends
+    :param step: the number of env steps so far, this one included
+    """
+
+    def bad(value: Any) -> bool:
+        array = np.asarray(value)
+        return array.dtype.kind == "f" and not np.isfinite(array).all()
+
+    for env in range(len(reward)):
+        observations = [obs[env] for obs in new_obs.values()] if isinstance(new_obs, dict) else [new_obs[env]]
+        terminal = infos[env].get("terminal_observation") if dones[env] else None
+        if terminal is not None:
+            observations += list(terminal.values()) if isinstance(terminal, dict) else [terminal]
+        what = f"reward {reward[env]}" if bad(reward[env]) else "observation" if any(map(bad, observations)) else None
+        if what is not None:
+            raise NonFiniteError(
+                f"{what} with NaN or inf from env {env} at step {step}: training stopped before it reached the replay "
+                "buffer; the model is as it was before this step and can be saved (check_finite=False skips this check)"
+            )
+
+
+def _check_model_file(path: pathlib.Path) -> None:
+    """
+    Refuse, naming the file, what ``DeepSARSA.load`` cannot load: a missing file, a file that is
+    not a zip or is truncated, a zip without SB3's ``data``, a model of another algorithm.
+
+    :param path: the file (SB3 also tries it with ``.zip`` added)
+    """
+    if not path.exists() and path.with_name(path.name + ".zip").exists():
+        path = path.with_name(path.name + ".zip")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as error:
+        raise ValueError(
+            f"{path} is not a model saved by SB3 (expected a complete zip file with a 'data' entry): {error}"
+        ) from error
+    if "next_action" not in data:
+        module = data.get("policy_class", {}).get("__module__", "an unknown module")
+        hint = " It looks like a DQN model: load it with stable_baselines3.DQN." if module.endswith("dqn.policies") else ""
+        raise ValueError(f"{path} was not saved by DeepSARSA (its policy class comes from {module}).{hint}")
 
 
 class DeepSARSA(OffPolicyAlgorithm):
@@ -133,6 +197,10 @@ class DeepSARSA(OffPolicyAlgorithm):
     :param use_masking: use invalid-action masks when the env provides them (an ``action_masks()``
         method on the env or a wrapper, as sb3-contrib's ``ActionMasker``): exploration and greedy
         actions are chosen among valid actions only, and a' in the targets too. ``False`` ignores them.
+    :param check_finite: check every observation and reward for NaN or infinity as it arrives (a
+        cheap test on small arrays) and stop training with a ``NonFiniteError`` that names the
+        step and the env, before the value reaches the replay buffer: the model keeps its last
+        good state and can still be saved. ``False`` skips the check.
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -176,6 +244,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         next_action: NextActionName = "sampled",
         loss: LossName = "mse",
         use_masking: bool = True,
+        check_finite: bool = True,
         _init_setup_model: bool = True,
     ) -> None:
         check_hyperparameters(
@@ -240,6 +309,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         self.next_action = next_action
         self.loss = loss
         self.use_masking = use_masking
+        self.check_finite = check_finite
         # Whether the current env is masked (set by `learn()`), and the masks of its current states
         self._masking = False
         self._last_masks: np.ndarray | None = None
@@ -329,6 +399,8 @@ class DeepSARSA(OffPolicyAlgorithm):
         dones: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
+        if self.check_finite:
+            _check_finite(new_obs, reward, infos, dones, self.num_timesteps)
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
         if not self._masking:
             return
@@ -516,6 +588,69 @@ class DeepSARSA(OffPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: Iterable[str] | None = None,
+        include: Iterable[str] | None = None,
+    ) -> None:
+        """
+        Save the model to a zip file, atomically: it is written to a temporary file beside the
+        target and renamed over it only once complete, so a failure (full disk, Ctrl-C, an object
+        that cannot be pickled) leaves any previous file intact and no partial zip behind.
+
+        :param path: path to the file (``.zip`` is added if it has no suffix), or a file object
+        :param exclude: names of parameters that should be excluded in addition to the default ones
+        :param include: names of parameters that might be excluded but should be included anyway
+        """
+        if isinstance(path, io.BufferedIOBase):
+            super().save(path, exclude, include)
+            return
+        target = pathlib.Path(path)
+        if target.suffix == "":
+            target = target.with_suffix(".zip")  # as SB3 does
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            super().save(temporary, exclude, include)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    @classmethod
+    def load(
+        cls: type[SelfDeepSARSA],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfDeepSARSA:
+        """
+        Load a model saved by ``DeepSARSA.save``, as SB3's ``load`` does, with clear errors for a
+        file that is not a model zip (or is truncated), a model of another algorithm, and an env
+        whose spaces differ from the model's.
+
+        :param path: path to the file (or a file object)
+        :param env: the environment to run the loaded model on (can be None for prediction only)
+        :param device: the device on which the code should run
+        :param custom_objects: objects to replace when loading (see SB3's ``load``)
+        :param print_system_info: print the system info of the machine the model was saved on
+        :param force_reset: reset the env before training (SB3's default)
+        :param kwargs: attributes to change in the loaded model
+        :return: the model
+        """
+        if not isinstance(path, io.BufferedIOBase):
+            _check_model_file(pathlib.Path(path))
+        try:
+            return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        except ValueError as error:
+            if "spaces do not match" in str(error):
+                raise ValueError(f"{path}: the model does not fit this env: {error}") from error
+            raise
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "q_net", "q_net_target"]

@@ -1,0 +1,235 @@
+"""Bad input, non-finite values, files, interruption and determinism."""
+
+import os
+import signal
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+from deep_sarsa import DeepSARSA
+from deep_sarsa.callbacks import SaveOnInterrupt
+from deep_sarsa.deep_sarsa import NonFiniteError
+
+FAST = dict(learning_starts=20, buffer_size=500, batch_size=16, train_freq=4, target_update_interval=50, seed=0)
+
+# Each row: the keyword, a bad value, and what the error must say. docs/reliability.md lists them.
+BAD_KEYWORDS = [
+    ("next_action", "greedy", "next_action must be one of"),
+    ("loss", "l1", "loss must be one of"),
+    ("gamma", 1.5, r"gamma must be in \[0, 1\]"),
+    ("gamma", -0.1, r"gamma must be in \[0, 1\]"),
+    ("tau", 0.0, r"tau must be in \(0, 1\]"),
+    ("tau", 1.1, r"tau must be in \(0, 1\]"),
+    ("learning_rate", 0.0, "learning_rate must be a positive number"),
+    ("learning_rate", -1e-3, "learning_rate must be a positive number"),
+    ("learning_rate", lambda progress: 0.0, "learning_rate must be a positive number"),
+    ("batch_size", 0, "batch_size must be a positive integer"),
+    ("batch_size", 2_000_000, r"batch_size must be at most buffer_size \(1000000\)"),
+    ("buffer_size", 0, "buffer_size must be a positive integer"),
+    ("buffer_size", -5, "buffer_size must be a positive integer"),
+    ("learning_starts", -1, "learning_starts must be a non-negative integer"),
+    ("n_steps", 0, "n_steps must be a positive integer"),
+    ("train_freq", 0, "train_freq must be a positive integer"),
+    ("gradient_steps", -2, "gradient_steps must be an integer >= -1"),
+    ("target_update_interval", 0, "target_update_interval must be a positive integer"),
+    ("target_update_interval", (5, "episodes"), "target_update_interval must be an int or a tuple"),
+    ("target_update_interval", (5,), "target_update_interval must be an int or a tuple"),
+    ("target_update_interval", (2.5, "episode"), "target_update_interval must be a positive integer number of episodes"),
+    ("exploration_fraction", 1.5, r"exploration_fraction must be in \[0, 1\]"),
+    ("exploration_initial_eps", -0.1, r"exploration_initial_eps must be in \[0, 1\]"),
+    ("exploration_final_eps", 2.0, r"exploration_final_eps must be in \[0, 1\]"),
+    ("max_grad_norm", 0.0, "max_grad_norm must be a positive number"),
+]
+
+
+@pytest.mark.parametrize(
+    "keyword, value, message",
+    BAD_KEYWORDS,
+    ids=[f"{k}={v!r}" if not callable(v) else f"{k}=schedule" for k, v, _ in BAD_KEYWORDS],
+)
+def test_bad_keyword_is_refused_naming_it(keyword: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DeepSARSA("MlpPolicy", "CartPole-v1", **{keyword: value})
+
+
+@pytest.mark.parametrize(
+    "action_space",
+    [
+        spaces.Box(-1, 1, (2,)),
+        spaces.MultiDiscrete([2, 3]),
+        spaces.MultiBinary(3),
+        spaces.Tuple((spaces.Discrete(2), spaces.Discrete(2))),
+    ],
+    ids=["Box", "MultiDiscrete", "MultiBinary", "Tuple"],
+)
+def test_unsupported_action_spaces_are_refused(action_space: spaces.Space) -> None:
+    class Env(gym.Env):
+        observation_space = spaces.Box(-1, 1, (3,))
+
+        def __init__(self) -> None:
+            self.action_space = action_space
+
+        def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+            return np.zeros(3, dtype=np.float32), {}
+
+    with pytest.raises(ValueError, match=r"only supports Discrete action spaces.*" + type(action_space).__name__):
+        DeepSARSA("MlpPolicy", Env())
+
+
+@pytest.mark.parametrize("env_id", ["CartPol-v1", "no_such_module:Env-v0"])
+def test_unknown_env_id_is_refused_naming_it(env_id: str) -> None:
+    with pytest.raises(ValueError, match=f"env='{env_id}' is not an environment Gymnasium can make"):
+        DeepSARSA("MlpPolicy", env_id)
+
+
+class Poisoned(gym.Wrapper):
+    """Returns NaN (in the reward or the observation) at one step."""
+
+    def __init__(self, env: gym.Env, at: int, where: str) -> None:
+        super().__init__(env)
+        self.at, self.where, self.t = at, where, 0
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        if self.t == self.at:
+            if self.where == "reward":
+                reward = float("nan")
+            else:
+                obs = np.full_like(obs, np.inf)
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("where", ["reward", "observation"])
+def test_non_finite_values_stop_training_and_the_model_can_be_saved(where: str, tmp_path: Path) -> None:
+    venv = make_vec_env(
+        "CartPole-v1",
+        n_envs=2,
+        seed=0,
+        wrapper_class=Poisoned,  # type: ignore[arg-type]
+        wrapper_kwargs=dict(at=60, where=where),
+    )
+    model = DeepSARSA("MlpPolicy", venv, **FAST)  # type: ignore[arg-type]
+    with pytest.raises(NonFiniteError, match=f"{where}.* from env 0 at step 120"):
+        model.learn(400)
+    assert model.replay_buffer is not None and model.replay_buffer.pos == 59  # the bad step was not stored
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+    model.save(tmp_path / "last_good")
+    assert DeepSARSA.load(tmp_path / "last_good").num_timesteps == 120
+
+
+def test_check_finite_can_be_switched_off() -> None:
+    env = Poisoned(gym.make("CartPole-v1"), at=30, where="reward")
+    model = DeepSARSA("MlpPolicy", env, check_finite=False, **FAST)  # type: ignore[arg-type]
+    model.learn(40)
+    assert model.replay_buffer is not None and np.isnan(model.replay_buffer.rewards).any()
+
+
+def test_loading_what_is_not_a_deep_sarsa_model_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        DeepSARSA.load(tmp_path / "missing.zip")
+    (tmp_path / "text.zip").write_text("not a zip")
+    with pytest.raises(ValueError, match=r"text.zip is not a model saved by SB3"):
+        DeepSARSA.load(tmp_path / "text.zip")
+    model = DeepSARSA("MlpPolicy", "CartPole-v1")
+    model.save(tmp_path / "good.zip")
+    content = (tmp_path / "good.zip").read_bytes()
+    (tmp_path / "truncated.zip").write_bytes(content[: len(content) // 2])
+    with pytest.raises(ValueError, match=r"truncated.zip is not a model saved by SB3"):
+        DeepSARSA.load(tmp_path / "truncated.zip")
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as archive:
+        archive.writestr("other", "x")
+    with pytest.raises(ValueError, match=r"empty.zip is not a model saved by SB3"):
+        DeepSARSA.load(tmp_path / "empty.zip")
+    PPO("MlpPolicy", "CartPole-v1").save(tmp_path / "ppo.zip")
+    with pytest.raises(ValueError, match=r"ppo.zip was not saved by DeepSARSA"):
+        DeepSARSA.load(tmp_path / "ppo.zip")
+    DQN("MlpPolicy", "CartPole-v1").save(tmp_path / "dqn.zip")
+    with pytest.raises(ValueError, match=r"dqn.zip was not saved by DeepSARSA.*load it with stable_baselines3.DQN"):
+        DeepSARSA.load(tmp_path / "dqn.zip")
+    with pytest.raises(ValueError, match=r"good.zip: the model does not fit this env.*spaces do not match"):
+        DeepSARSA.load(tmp_path / "good.zip", env=gym.make("Acrobot-v1"))
+    assert DeepSARSA.load(tmp_path / "good").num_timesteps == 0  # ".zip" may be left out, as in SB3
+
+
+def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", **FAST)  # type: ignore[arg-type]
+    model.save(tmp_path / "model.zip")
+    before = (tmp_path / "model.zip").read_bytes()
+    model.learn(100)
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(th, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(tmp_path / "model.zip")
+    assert (tmp_path / "model.zip").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]
+    monkeypatch.undo()
+    model.save(tmp_path / "model")  # no suffix: SB3 adds .zip
+    assert DeepSARSA.load(tmp_path / "model.zip").num_timesteps == 100
+
+
+class InterruptAt(BaseCallback):
+    """Sends this process a SIGINT (a Ctrl-C) at one step."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return True
+
+
+def test_ctrl_c_with_save_on_interrupt_stops_cleanly_and_saves(tmp_path: Path) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", **FAST)  # type: ignore[arg-type]
+    model.learn(1000, callback=[InterruptAt(137), SaveOnInterrupt(tmp_path)])
+    assert model.num_timesteps == 137
+    assert signal.getsignal(signal.SIGINT) is handler
+    loaded = DeepSARSA.load(tmp_path / "interrupted.zip", env=gym.make("CartPole-v1"))
+    loaded.load_replay_buffer(tmp_path / "interrupted_replay_buffer.pkl")
+    # As with any SB3 callback that stops training, the step in which the stop was asked is not stored
+    assert loaded.replay_buffer is not None and loaded.replay_buffer.size() == 136
+    loaded.learn(52, reset_num_timesteps=False)  # 13 rollouts of train_freq=4 steps
+    assert loaded.num_timesteps == 137 + 52
+
+
+def test_ctrl_c_without_the_callback_leaves_a_usable_model(tmp_path: Path) -> None:
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", **FAST)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        model.learn(1000, callback=InterruptAt(90))
+    action, _ = model.predict(np.zeros(4, dtype=np.float32), deterministic=True)
+    assert action in (0, 1)
+    model.save(tmp_path / "after_interrupt")
+    model.learn(20, reset_num_timesteps=False)
+
+
+def parameters_after_training(n_envs: int, next_action: str) -> list[np.ndarray]:
+    env = make_vec_env("CartPole-v1", n_envs=n_envs, seed=3)
+    model = DeepSARSA("MlpPolicy", env, next_action=next_action, **dict(FAST, seed=3))  # type: ignore[arg-type]
+    model.learn(400)
+    return [p.detach().numpy().copy() for p in model.policy.parameters()]
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+@pytest.mark.parametrize("next_action", ["sampled", "expected", "stored"])
+def test_same_seed_gives_identical_parameters(n_envs: int, next_action: str) -> None:
+    first = parameters_after_training(n_envs, next_action)
+    second = parameters_after_training(n_envs, next_action)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = DeepSARSA("MlpPolicy", "CartPole-v1", **dict(FAST, seed=4)).learn(400)  # type: ignore[arg-type]
+    assert not np.array_equal(first[0], next(other.policy.parameters()).detach().numpy())
