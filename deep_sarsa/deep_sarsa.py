@@ -13,6 +13,8 @@ import torch as th
 from gymnasium import spaces
 from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import (
@@ -20,9 +22,12 @@ from stable_baselines3.common.type_aliases import (
     GymEnv,
     MaybeCallback,
     ReplayBufferSamples,
+    RolloutReturn,
     Schedule,
+    TrainFreq,
 )
 from stable_baselines3.common.utils import LinearSchedule, get_parameters_by_name, polyak_update
+from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.dqn import DQN
 from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy, QNetwork
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
@@ -310,6 +315,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         self.loss = loss
         self.use_masking = use_masking
         self.check_finite = check_finite
+        self._stop_requested = False
         # Whether the current env is masked (set by `learn()`), and the masks of its current states
         self._masking = False
         self._last_masks: np.ndarray | None = None
@@ -362,6 +368,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         tb_log_name: str = "run",
         progress_bar: bool = False,
     ) -> tuple[int, Any]:
+        self._stop_requested = False
         last_obs = self._last_obs
         result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
         if self._last_obs is not last_obs and self.replay_buffer is not None:
@@ -415,6 +422,30 @@ class DeepSARSA(OffPolicyAlgorithm):
         store = attach_masks(replay_buffer, self._n_actions)
         store.write((replay_buffer.pos - 1) % replay_buffer.buffer_size, next_masks, known)
         self._last_masks = current
+
+    def request_stop(self) -> None:
+        """
+        Ask ``learn()`` to stop at the next rollout boundary: the current rollout is collected and
+        trained on as usual, then ``learn()`` returns. Unlike a callback returning False, no env
+        step is lost, so the model can be checkpointed and resumed exactly
+        (see :mod:`deep_sarsa.checkpoint`).
+        """
+        self._stop_requested = True
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        train_freq: TrainFreq,
+        replay_buffer: ReplayBuffer,
+        action_noise: ActionNoise | None = None,
+        learning_starts: int = 0,
+        log_interval: int | None = None,
+    ) -> RolloutReturn:
+        if self._stop_requested:
+            self._stop_requested = False
+            return RolloutReturn(0, 0, continue_training=False)
+        return super().collect_rollouts(env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval)
 
     def _update_target_network(self) -> None:
         polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)

@@ -6,29 +6,66 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.env_util import make_vec_env
 
 from deep_sarsa import DeepSARSA
-from deep_sarsa.buffers import mark_newest_rows_truncated, sample_with_indices, stored_next_actions
+from deep_sarsa.buffers import bootstrap_rows, mark_newest_rows_truncated, sample_with_indices, stored_next_actions
 
 OBS_SPACE = spaces.Box(-1, 1, (2,), np.float32)
 ACTION_SPACE = spaces.Discrete(5)
 
 
-def fill(buffer: ReplayBuffer, n_steps: int, rng: np.random.Generator) -> list[list[dict[str, Any]]]:
-    """Add random transitions; return each env's own log of what happened, step by step."""
+Layout = list[list[tuple[int, int]]]  # per step, per env: (action, 0 = goes on / 1 = terminated / 2 = truncated)
+
+
+def add_steps(buffer: ReplayBuffer, layout: Layout) -> list[list[dict[str, Any]]]:
+    """Add the steps of ``layout``; return each env's own log of what happened, step by step.
+
+    The observation of each transition is its (env, step) id, so rows can be recognised in samples.
+    """
     log: list[list[dict[str, Any]]] = [[] for _ in range(buffer.n_envs)]
-    for _ in range(n_steps):
-        actions = rng.integers(ACTION_SPACE.n, size=buffer.n_envs)
-        ends = rng.random(buffer.n_envs)
-        terminated, truncated = ends < 0.08, (ends >= 0.08) & (ends < 0.14)
+    for step in layout:
+        actions = np.array([action for action, _ in step])
+        terminated = np.array([end == 1 for _, end in step])
+        truncated = np.array([end == 2 for _, end in step])
         infos = [{"TimeLimit.truncated": bool(t)} for t in truncated]
-        obs = rng.random((buffer.n_envs, 2)).astype(np.float32)
-        buffer.add(obs, obs, actions, np.zeros(buffer.n_envs), terminated | truncated, infos)
+        ids = np.array([[env, len(log[env])] for env in range(buffer.n_envs)], dtype=np.float32) / 1000
+        buffer.add(ids, ids, actions, np.zeros(buffer.n_envs), terminated | truncated, infos)
         for env, entry in enumerate(log):
             entry.append({"action": int(actions[env]), "end": bool(terminated[env] | truncated[env])})
     return log
+
+
+def fill(buffer: ReplayBuffer, n_steps: int, rng: np.random.Generator) -> list[list[dict[str, Any]]]:
+    """Add random transitions (8% terminated, 6% truncated)."""
+    layout = [
+        [
+            (int(rng.integers(ACTION_SPACE.n)), (int(np.searchsorted([0.08, 0.14], rng.random(), side="right")) + 1) % 3)
+            for _ in range(buffer.n_envs)
+        ]
+        for _ in range(n_steps)
+    ]
+    return add_steps(buffer, layout)
+
+
+def check_every_row(buffer: ReplayBuffer, log: list[list[dict[str, Any]]], n_steps: int) -> int:
+    """Compare stored_next_actions on every row with the envs' logs; return how many a' existed."""
+    grid = np.meshgrid(np.arange(buffer.buffer_size if buffer.full else buffer.pos), np.arange(buffer.n_envs))
+    rows, envs = grid[0].ravel(), grid[1].ravel()
+    next_actions, available = stored_next_actions(buffer, rows, envs)
+    newest = (buffer.pos - 1) % buffer.buffer_size
+    checked = 0
+    for row, env, action, ok in zip(rows, envs, next_actions, available, strict=True):
+        t = len(log[env]) - 1 - (newest - row) % buffer.buffer_size  # the env's step that wrote this row
+        expected = expected_next_action(log[env], int(t), n_steps)
+        assert ok == (expected is not None), (row, env, t)
+        if expected is not None:
+            assert action == expected
+            checked += 1
+    return checked
 
 
 def expected_next_action(log: list[dict[str, Any]], t: int, n_steps: int) -> int | None:
@@ -54,19 +91,30 @@ def test_stored_next_action_is_the_action_taken_next(n_envs: int, n_steps: int, 
     else:
         buffer = ReplayBuffer(10 * n_envs, OBS_SPACE, ACTION_SPACE, **kwargs)
     log = fill(buffer, total, rng)
-    grid = np.meshgrid(np.arange(buffer.buffer_size if buffer.full else buffer.pos), np.arange(n_envs))
-    rows, envs = grid[0].ravel(), grid[1].ravel()
-    next_actions, available = stored_next_actions(buffer, rows, envs)
-    newest = (buffer.pos - 1) % buffer.buffer_size
-    checked = 0
-    for row, env, action, ok in zip(rows, envs, next_actions, available, strict=True):
-        t = total - 1 - (newest - row) % buffer.buffer_size  # the env's step that wrote this row
-        expected = expected_next_action(log[env], int(t), n_steps)
-        assert ok == (expected is not None), (row, env, t)
-        if expected is not None:
-            assert action == expected
-            checked += 1
-    assert checked > 0
+    assert check_every_row(buffer, log, n_steps) > 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n_envs=st.integers(1, 3),
+    rows=st.integers(2, 8),
+    n_steps=st.integers(1, 4),
+    data=st.data(),
+)
+def test_stored_next_action_property(n_envs: int, rows: int, n_steps: int, data: st.DataObject) -> None:
+    """Random episode layouts, env counts, buffer sizes and wrap-around positions."""
+    step = st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0, 0, 0, 1, 2])), min_size=n_envs, max_size=n_envs)
+    layout = data.draw(st.lists(step, min_size=1, max_size=4 * rows))
+    if n_steps > 1:
+        buffer: ReplayBuffer = NStepReplayBuffer(rows * n_envs, OBS_SPACE, ACTION_SPACE, n_envs=n_envs, n_steps=n_steps)
+    else:
+        buffer = ReplayBuffer(rows * n_envs, OBS_SPACE, ACTION_SPACE, n_envs=n_envs)
+    log = add_steps(buffer, layout)
+    check_every_row(buffer, log, n_steps)
+    # The row bootstrapped from is the one whose next observation SB3 itself returns
+    samples, batch_inds, env_indices = sample_with_indices(buffer, 32)
+    last_rows, _ = bootstrap_rows(buffer, batch_inds, env_indices)
+    np.testing.assert_array_equal(samples.next_observations.numpy(), buffer.next_observations[last_rows, env_indices])  # type: ignore[union-attr]
 
 
 def test_sample_with_indices_samples_and_consumes_randomness_like_sample() -> None:

@@ -22,3 +22,12 @@ def test_code_block_runs(block: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_there_are_blocks_to_check() -> None:
     assert len(BLOCKS) >= 2
+
+
+def test_reliability_table_lists_every_bad_keyword_test() -> None:
+    from test_reliability import BAD_KEYWORDS
+
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    for keyword, value, _ in BAD_KEYWORDS:
+        shown = "a schedule returning 0.0" if callable(value) else f"`{value!r}`"
+        assert f"| `{keyword}` | {shown} |" in text, (keyword, value)

@@ -17,6 +17,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.callbacks import SaveOnInterrupt
+from deep_sarsa.checkpoint import load_checkpoint, resume
 from deep_sarsa.deep_sarsa import NonFiniteError
 
 FAST = dict(learning_starts=20, buffer_size=500, batch_size=16, train_freq=4, target_update_interval=50, seed=0)
@@ -197,14 +198,14 @@ def test_ctrl_c_with_save_on_interrupt_stops_cleanly_and_saves(tmp_path: Path) -
     handler = signal.getsignal(signal.SIGINT)
     model = DeepSARSA("MlpPolicy", "CartPole-v1", **FAST)  # type: ignore[arg-type]
     model.learn(1000, callback=[InterruptAt(137), SaveOnInterrupt(tmp_path)])
-    assert model.num_timesteps == 137
+    # The rollout in progress (train_freq=4) is finished and trained on, then learn() returns
+    assert model.num_timesteps == 140
     assert signal.getsignal(signal.SIGINT) is handler
-    loaded = DeepSARSA.load(tmp_path / "interrupted.zip", env=gym.make("CartPole-v1"))
-    loaded.load_replay_buffer(tmp_path / "interrupted_replay_buffer.pkl")
-    # As with any SB3 callback that stops training, the step in which the stop was asked is not stored
-    assert loaded.replay_buffer is not None and loaded.replay_buffer.size() == 136
-    loaded.learn(52, reset_num_timesteps=False)  # 13 rollouts of train_freq=4 steps
-    assert loaded.num_timesteps == 137 + 52
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip", "replay_buffer.pkl", "state.pkl"]
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.replay_buffer is not None and loaded.replay_buffer.size() == 140
+    resumed = resume(tmp_path)
+    assert resumed.num_timesteps == 1000
 
 
 def test_ctrl_c_without_the_callback_leaves_a_usable_model(tmp_path: Path) -> None:

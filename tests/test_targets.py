@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deep_sarsa.targets import (
     epsilon_greedy_probs,
@@ -188,3 +190,56 @@ def test_targets_of_a_hand_built_buffer(next_action: str, epsilon: float) -> Non
         assert target == pytest.approx(expected[reward]), reward
         seen.add(reward)
     assert seen == set(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    batch=st.integers(1, 6),
+    n_actions=st.integers(1, 6),
+    epsilon=st.floats(0.0, 1.0),
+    gamma=st.one_of(st.just(0.0), st.floats(0.01, 1.0)),
+)
+def test_target_properties(data: st.DataObject, batch: int, n_actions: int, epsilon: float, gamma: float) -> None:
+    values = st.floats(-100, 100, allow_nan=False, width=32)
+    q_next = th.tensor(
+        data.draw(st.lists(st.lists(values, min_size=n_actions, max_size=n_actions), min_size=batch, max_size=batch))
+    )
+    q_online = th.tensor(
+        data.draw(st.lists(st.lists(values, min_size=n_actions, max_size=n_actions), min_size=batch, max_size=batch))
+    )
+    mask_rows = data.draw(
+        st.lists(st.lists(st.booleans(), min_size=n_actions, max_size=n_actions).filter(any), min_size=batch, max_size=batch)
+    )
+    masks = th.tensor(mask_rows)
+    rewards = th.tensor(data.draw(st.lists(values, min_size=batch, max_size=batch))).reshape(-1, 1)
+    dones = th.tensor(data.draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=batch, max_size=batch))).reshape(-1, 1)
+
+    probs = epsilon_greedy_probs(q_online, epsilon, masks)
+    # A distribution over the valid actions, the greedy one getting at least 1 - ε
+    np.testing.assert_allclose(probs.sum(dim=1).numpy(), np.ones(batch), rtol=1e-5)
+    assert (probs >= 0).all() and (probs[~masks] == 0).all()
+    best_valid = q_online.masked_fill(~masks, -th.inf).argmax(dim=1)
+    assert (probs[th.arange(batch), best_valid] >= 1 - epsilon - 1e-6).all()
+
+    # Expected SARSA lies between the smallest and largest valid next value, as a convex combination
+    target = expected_sarsa_target(rewards, dones, gamma, q_next, probs)
+    low = q_next.masked_fill(~masks, th.inf).min(dim=1, keepdim=True).values
+    high = q_next.masked_fill(~masks, -th.inf).max(dim=1, keepdim=True).values
+    bootstrap = (target - rewards) / gamma if gamma > 0 else None
+    if bootstrap is not None:
+        live = dones.flatten() == 0
+        assert (bootstrap[live] >= low[live] - 1e-3).all() and (bootstrap[live] <= high[live] + 1e-3).all()
+    # Terminal rows are the reward alone; at ε = 0 expected and sampled SARSA agree
+    np.testing.assert_allclose(target[dones.flatten() == 1].numpy(), rewards[dones.flatten() == 1].numpy())
+    greedy_probs = epsilon_greedy_probs(q_online, 0.0, masks)
+    sampled = sample_epsilon_greedy(q_online, 0.0, masks)
+    np.testing.assert_allclose(
+        expected_sarsa_target(rewards, dones, gamma, q_next, greedy_probs).numpy(),
+        sarsa_target(rewards, dones, gamma, q_next, sampled).numpy(),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+    # Sampled actions are always valid
+    drawn = sample_epsilon_greedy(q_online, epsilon, masks).flatten()
+    assert masks[th.arange(batch), drawn].all()
