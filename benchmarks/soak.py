@@ -9,7 +9,6 @@ resident memory (RSS) every 50k steps. Memory must plateau once the buffer is fu
 import argparse
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -72,10 +71,8 @@ def main() -> None:
             f"Once the buffer is full (from step {full_at + args.every} on), RSS stays within "
             f"{min(after_full):.1f}–{max(after_full):.1f} MiB: a spread of {max(after_full) - min(after_full):.1f} MiB."
         )
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines += [
-        f"Peak RSS {peak_mib:.1f} MiB. Machine: {platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, "
-        "one torch thread.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, one torch thread.",
         "",
         f"Reproduce: `python benchmarks/soak.py --steps {args.steps} --buffer-size {args.buffer_size} "
         f"--next-action {args.next_action}`",

@@ -1,0 +1,97 @@
+"""
+Env-steps per second of DeepSARSA (each ``next_action`` variant) and SB3's DQN at identical
+hyperparameters, run alternately in one process, several repetitions.
+
+Settings:
+  * ``zoo``: rl-zoo's CartPole-v1 DQN entry (train_freq 256, gradient_steps 128, batch 64, [256, 256])
+  * ``step``: the same with train_freq 4, gradient_steps 1
+
+    python benchmarks/throughput.py                        # 5 repetitions, 20k steps each
+    python benchmarks/throughput.py --repetitions 2 --steps 5000
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch as th
+from stable_baselines3 import DQN
+
+from deep_sarsa import DeepSARSA
+
+ZOO: dict[str, Any] = dict(
+    learning_rate=2.3e-3,
+    batch_size=64,
+    buffer_size=100_000,
+    learning_starts=1000,
+    gamma=0.99,
+    target_update_interval=10,
+    train_freq=256,
+    gradient_steps=128,
+    exploration_fraction=0.16,
+    exploration_final_eps=0.04,
+    policy_kwargs=dict(net_arch=[256, 256]),
+)
+SETTINGS: dict[str, dict[str, Any]] = {"zoo": ZOO, "step": dict(ZOO, train_freq=4, gradient_steps=1)}
+ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
+
+
+def steps_per_second(algorithm: str, setting: str, steps: int, seed: int) -> float:
+    kwargs = dict(SETTINGS[setting], seed=seed, device="cpu")
+    if algorithm == "dqn":
+        model: DQN | DeepSARSA = DQN("MlpPolicy", "CartPole-v1", **kwargs)
+    else:
+        model = DeepSARSA("MlpPolicy", "CartPole-v1", next_action=algorithm.split("-")[1], **kwargs)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    model.learn(steps)
+    return model.num_timesteps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--output", type=Path, default=None, help="write the markdown table here")
+    args = parser.parse_args()
+    if args.threads is not None:
+        th.set_num_threads(args.threads)
+
+    results: dict[tuple[str, str], list[float]] = {}
+    for repetition in range(args.repetitions):
+        for setting in args.settings:
+            for algorithm in ALGORITHMS:  # alternate, so that drifts in machine speed hit every row alike
+                rate = steps_per_second(algorithm, setting, args.steps, seed=repetition)
+                results.setdefault((setting, algorithm), []).append(rate)
+                print(f"rep {repetition} {setting:>5} {algorithm:>15}: {rate:8.0f} steps/s", flush=True)
+
+    lines = [
+        f"{args.steps} steps per run, {args.repetitions} repetitions, torch threads: {th.get_num_threads()}; "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, device cpu.",
+        "",
+        "| setting | algorithm | steps/s (median) | min–max | ratio to DQN (median of per-repetition ratios) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for setting in args.settings:
+        dqn = results[(setting, "dqn")]
+        for algorithm in ALGORITHMS:
+            rates = results[(setting, algorithm)]
+            ratios = [rate / base for rate, base in zip(rates, dqn, strict=True)]
+            lines.append(
+                f"| {setting} | {algorithm} | {statistics.median(rates):.0f} | {min(rates):.0f}–{max(rates):.0f} "
+                f"| {statistics.median(ratios):.2f} |"
+            )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
