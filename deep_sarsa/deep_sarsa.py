@@ -387,15 +387,42 @@ class DeepSARSA(OffPolicyAlgorithm):
         return int(self.action_space.n)
 
     def _sample_action(self, learning_starts: int, action_noise: Any = None, n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        if not self._masking:
+        """
+        The behaviour policy's actions in the envs' current states.
+
+        DQN's ``predict`` draws the same random numbers, but also switches the networks to
+        evaluation mode at every env step; ``collect_rollouts`` has done so already, which makes
+        this the cheaper path (see ``benchmarks/RESULTS.md``).
+        """
+        assert self._last_obs is not None
+        if self._masking:
+            assert self._last_masks is not None
+            if self.num_timesteps < learning_starts:
+                # Warm-up: uniformly random among the valid actions
+                action = sample_valid_actions(self._last_masks)
+            else:
+                action, _ = self.predict(self._last_obs, deterministic=False, action_masks=self._last_masks)
+        elif self.num_timesteps < learning_starts:
             return super()._sample_action(learning_starts, action_noise, n_envs)
-        assert self._last_masks is not None and self._last_obs is not None
-        if self.num_timesteps < learning_starts:
-            # Warm-up: uniformly random among the valid actions
-            action = sample_valid_actions(self._last_masks)
+        elif np.random.rand() < self.exploration_rate:
+            action = np.array([self.action_space.sample() for _ in range(n_envs)])
         else:
-            action, _ = self.predict(self._last_obs, deterministic=False, action_masks=self._last_masks)
+            action = self._greedy(self._last_obs)
         return action, action
+
+    def _greedy(self, observation: np.ndarray | dict[str, np.ndarray], masks: np.ndarray | None = None) -> np.ndarray:
+        """
+        The greedy actions of a batch of observations (among valid actions if masked).
+
+        :param observation: a batch of observations
+        :param masks: boolean masks, shape ``(n, n_actions)``, or None
+        :return: actions, shape ``(n,)``
+        """
+        obs_tensor, _ = self.policy.obs_to_tensor(observation)
+        with th.no_grad():
+            q_values = self.q_net(obs_tensor)
+        mask_tensor = None if masks is None else th.as_tensor(masks, device=self.device)
+        return greedy_actions(q_values, mask_tensor).cpu().numpy()
 
     def _store_transition(
         self,
@@ -532,21 +559,20 @@ class DeepSARSA(OffPolicyAlgorithm):
         # Update learning rate according to schedule
         self._update_learning_rate(self.policy.optimizer)
 
-        losses = []
-        q_means = []
-        fallbacks = []
+        # Statistics stay tensors until the end: no host synchronisation inside the loop
+        losses, q_means, fallbacks = [], [], []
         for _ in range(gradient_steps):
             replay_data, next_state = self._sample(batch_size)
             with th.no_grad():
                 target_q_values = self._td_target(replay_data, next_state)
                 if next_state.stored_actions is not None:
-                    fallbacks.append((next_state.stored_actions < 0).float().mean().item())
+                    fallbacks.append((next_state.stored_actions < 0).float().mean())
 
             # Q-values of every action in s; the loss reads only the taken action's entry
             current_q_values = self.q_net(replay_data.observations)
             loss = td_loss(current_q_values, replay_data.actions, target_q_values, self.loss)
-            losses.append(loss.item())
-            q_means.append(th.gather(current_q_values, 1, replay_data.actions.long()).mean().item())
+            losses.append(loss.detach())
+            q_means.append(th.gather(current_q_values.detach(), 1, replay_data.actions.long()).mean())
 
             # Optimize the policy
             self.policy.optimizer.zero_grad()
@@ -559,10 +585,11 @@ class DeepSARSA(OffPolicyAlgorithm):
         self._n_updates += gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/loss", np.mean(losses))
-        self.logger.record("train/q_values", np.mean(q_means))
+        if losses:
+            self.logger.record("train/loss", th.stack(losses).mean().item())
+            self.logger.record("train/q_values", th.stack(q_means).mean().item())
         if fallbacks:
-            self.logger.record("train/stored_fallback_fraction", np.mean(fallbacks))
+            self.logger.record("train/stored_fallback_fraction", th.stack(fallbacks).mean().item())
 
     def predict(
         self,
@@ -589,15 +616,19 @@ class DeepSARSA(OffPolicyAlgorithm):
         if action_masks is None:
             return DQN.predict(self, observation, state, episode_start, deterministic)  # type: ignore[arg-type]
         self.policy.set_training_mode(False)
-        obs_tensor, vectorized = self.policy.obs_to_tensor(observation)
-        first = next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor
-        masks = check_action_masks(action_masks, first.shape[0], self._n_actions)
+        vectorized = self.policy.is_vectorized_observation(observation)
+        if not vectorized:
+            observation = (
+                {key: np.asarray(value)[None] for key, value in observation.items()}
+                if isinstance(observation, dict)
+                else np.asarray(observation)[None]
+            )
+        first = next(iter(observation.values())) if isinstance(observation, dict) else observation
+        masks = check_action_masks(action_masks, len(first), self._n_actions)
         if not deterministic and np.random.rand() < self.exploration_rate:
             actions = sample_valid_actions(masks)
         else:
-            with th.no_grad():
-                q_values = self.q_net(obs_tensor)
-            actions = greedy_actions(q_values, th.as_tensor(masks, device=self.device)).cpu().numpy()
+            actions = self._greedy(observation, masks)
         if not vectorized:
             actions = actions.squeeze(axis=0)
         return actions, state
