@@ -22,20 +22,9 @@ import torch as th
 from stable_baselines3 import DQN
 
 from deep_sarsa import DeepSARSA
+from deep_sarsa.presets import rl_zoo_dqn
 
-ZOO: dict[str, Any] = dict(
-    learning_rate=2.3e-3,
-    batch_size=64,
-    buffer_size=100_000,
-    learning_starts=1000,
-    gamma=0.99,
-    target_update_interval=10,
-    train_freq=256,
-    gradient_steps=128,
-    exploration_fraction=0.16,
-    exploration_final_eps=0.04,
-    policy_kwargs=dict(net_arch=[256, 256]),
-)
+ZOO = rl_zoo_dqn("CartPole-v1")
 SETTINGS: dict[str, dict[str, Any]] = {"zoo": ZOO, "step": dict(ZOO, train_freq=4, gradient_steps=1)}
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
 

@@ -14,21 +14,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from deep_sarsa import DeepSARSA
-
-# rl-baselines3-zoo's DQN hyperparameters for CartPole-v1, used unchanged
-CARTPOLE = dict(
-    learning_rate=2.3e-3,
-    batch_size=64,
-    buffer_size=100_000,
-    learning_starts=1000,
-    gamma=0.99,
-    target_update_interval=10,
-    train_freq=256,
-    gradient_steps=128,
-    exploration_fraction=0.16,
-    exploration_final_eps=0.04,
-    policy_kwargs=dict(net_arch=[256, 256]),
-)
+from deep_sarsa.presets import rl_zoo_dqn
 
 
 def main() -> None:
@@ -39,7 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     timesteps = 1_500 if args.smoke else args.timesteps
 
-    model = DeepSARSA("MlpPolicy", "CartPole-v1", verbose=0, seed=args.seed, **CARTPOLE)  # type: ignore[arg-type]
+    # rl-baselines3-zoo's DQN hyperparameters for CartPole-v1, used unchanged
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", seed=args.seed, **rl_zoo_dqn("CartPole-v1"))
     model.learn(timesteps, progress_bar=True)
 
     with tempfile.TemporaryDirectory() as folder:

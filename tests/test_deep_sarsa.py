@@ -16,6 +16,7 @@ from stable_baselines3.common.envs import FakeImageEnv, SimpleMultiObsEnv
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
 
 from deep_sarsa import DeepSARSA
+from deep_sarsa.presets import rl_zoo_dqn
 
 SMALL = dict(learning_starts=50, buffer_size=1000, batch_size=16, train_freq=4, target_update_interval=50, seed=0)
 
@@ -37,20 +38,8 @@ def test_is_not_a_dqn() -> None:
 
 def test_rl_zoo_dqn_entry_works_unchanged() -> None:
     # rl-baselines3-zoo hyperparams/dqn.yml, CartPole-v1 (n_timesteps/policy are zoo keys)
-    entry = dict(
-        learning_rate=2.3e-3,
-        batch_size=64,
-        buffer_size=100000,
-        learning_starts=1000,
-        gamma=0.99,
-        target_update_interval=10,
-        train_freq=256,
-        gradient_steps=128,
-        exploration_fraction=0.16,
-        exploration_final_eps=0.04,
-        policy_kwargs=dict(net_arch=[256, 256]),
-    )
-    model = DeepSARSA("MlpPolicy", "CartPole-v1", **entry)  # type: ignore[arg-type]
+    entry = rl_zoo_dqn("CartPole-v1")
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", **entry)
     assert model.learning_rate == 2.3e-3 and model.gradient_steps == 128
     model.learn(1100)
     assert model._n_updates == 2 * 128  # rollouts ending at 1024 and 1280 steps
