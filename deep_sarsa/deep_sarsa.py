@@ -91,21 +91,24 @@ def _check_finite(
     :param step: the number of env steps so far, this one included
     """
 
-    def bad(value: Any) -> bool:
-        array = np.asarray(value)
-        return array.dtype.kind == "f" and not np.isfinite(array).all()
-
-    for env in range(len(reward)):
-        observations = [obs[env] for obs in new_obs.values()] if isinstance(new_obs, dict) else [new_obs[env]]
-        terminal = infos[env].get("terminal_observation") if dones[env] else None
-        if terminal is not None:
-            observations += list(terminal.values()) if isinstance(terminal, dict) else [terminal]
-        what = f"reward {reward[env]}" if bad(reward[env]) else "observation" if any(map(bad, observations)) else None
-        if what is not None:
-            raise NonFiniteError(
-                f"{what} with NaN or inf from env {env} at step {step}: training stopped before it reached the replay "
-                "buffer; the model is as it was before this step and can be saved (check_finite=False skips this check)"
-            )
+    bad_envs = ~np.isfinite(np.asarray(reward, dtype=np.float64))
+    what = "reward"
+    if not bad_envs.any():
+        what = "observation"
+        for obs in new_obs.values() if isinstance(new_obs, dict) else [new_obs]:
+            if obs.dtype.kind == "f":
+                bad_envs |= ~np.isfinite(obs.reshape(len(bad_envs), -1)).all(axis=1)
+        for done_env in np.flatnonzero(dones):
+            terminal = infos[done_env].get("terminal_observation")
+            parts = [] if terminal is None else terminal.values() if isinstance(terminal, dict) else [terminal]
+            bad_envs[done_env] |= any(np.asarray(part).dtype.kind == "f" and not np.isfinite(part).all() for part in parts)
+    if bad_envs.any():
+        env = int(np.flatnonzero(bad_envs)[0])
+        value = f" {reward[env]}" if what == "reward" else ""
+        raise NonFiniteError(
+            f"{what}{value} with NaN or inf from env {env} at step {step}: training stopped before it reached the replay "
+            "buffer; the model is as it was before this step and can be saved (check_finite=False skips this check)"
+        )
 
 
 def _check_model_file(path: pathlib.Path) -> None:
@@ -395,19 +398,18 @@ class DeepSARSA(OffPolicyAlgorithm):
         this the cheaper path (see ``benchmarks/RESULTS.md``).
         """
         assert self._last_obs is not None
-        if self._masking:
-            assert self._last_masks is not None
-            if self.num_timesteps < learning_starts:
-                # Warm-up: uniformly random among the valid actions
-                action = sample_valid_actions(self._last_masks)
-            else:
-                action, _ = self.predict(self._last_obs, deterministic=False, action_masks=self._last_masks)
-        elif self.num_timesteps < learning_starts:
-            return super()._sample_action(learning_starts, action_noise, n_envs)
+        masks = self._last_masks if self._masking else None
+        if self.num_timesteps < learning_starts:
+            # Warm-up: uniformly random (among the valid actions)
+            if masks is None:
+                return super()._sample_action(learning_starts, action_noise, n_envs)
+            action = sample_valid_actions(masks)
         elif np.random.rand() < self.exploration_rate:
-            action = np.array([self.action_space.sample() for _ in range(n_envs)])
+            action = (
+                np.array([self.action_space.sample() for _ in range(n_envs)]) if masks is None else sample_valid_actions(masks)
+            )
         else:
-            action = self._greedy(self._last_obs)
+            action = self._greedy(self._last_obs, masks)
         return action, action
 
     def _greedy(self, observation: np.ndarray | dict[str, np.ndarray], masks: np.ndarray | None = None) -> np.ndarray:

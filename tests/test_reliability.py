@@ -234,3 +234,27 @@ def test_same_seed_gives_identical_parameters(n_envs: int, next_action: str) -> 
         np.testing.assert_array_equal(a, b)
     other = DeepSARSA("MlpPolicy", "CartPole-v1", **dict(FAST, seed=4)).learn(400)  # type: ignore[arg-type]
     assert not np.array_equal(first[0], next(other.policy.parameters()).detach().numpy())
+
+
+@pytest.mark.parametrize(
+    "new_obs, reward, infos, dones, message",
+    [
+        (np.zeros((3, 2)), np.array([0.0, 0.0, np.inf]), [{}] * 3, np.zeros(3), "reward inf .* from env 2 at step 9"),
+        (np.array([[0.0, 0.0], [np.nan, 0.0], [0.0, 0.0]]), np.zeros(3), [{}] * 3, np.zeros(3), "observation .* env 1 at"),
+        (
+            np.zeros((3, 2)),
+            np.zeros(3),
+            [{}, {}, {"terminal_observation": np.array([0.0, -np.inf])}],
+            np.array([0, 0, 1]),
+            "observation .* env 2 at",
+        ),
+        ({"a": np.zeros((3, 1), dtype=np.int64), "b": np.full((3, 1), np.nan)}, np.zeros(3), [{}] * 3, np.zeros(3), "env 0"),
+    ],
+    ids=["reward", "observation", "terminal-observation", "dict-observation"],
+)
+def test_check_finite_names_the_env(new_obs: Any, reward: np.ndarray, infos: list, dones: np.ndarray, message: str) -> None:
+    from deep_sarsa.deep_sarsa import _check_finite
+
+    with pytest.raises(NonFiniteError, match=message):
+        _check_finite(new_obs, reward, infos, dones, step=9)
+    _check_finite(np.zeros((3, 2)), np.zeros(3), [{}] * 3, np.zeros(3), step=9)  # all finite: no error
