@@ -100,9 +100,28 @@ def stored_next_actions(
         or it has not been taken yet); ``next_actions`` is meaningless there
     """
     last, available = bootstrap_rows(buffer, batch_inds, env_indices)
-    next_rows = (last + 1) % buffer.buffer_size
-    next_actions = buffer.actions[next_rows, env_indices].reshape(len(batch_inds))
-    return next_actions, available
+    return actions_after(buffer, last, env_indices), available
+
+
+def actions_after(buffer: ReplayBuffer, rows: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+    """
+    :param buffer: the replay buffer
+    :param rows: row indices
+    :param env_indices: env indices
+    :return: the action stored in the row after each one, same env, shape ``(B,)`` (meaningful
+        only where :func:`bootstrap_rows` says the next action exists)
+    """
+    return buffer.actions[(rows + 1) % buffer.buffer_size, env_indices].reshape(len(rows))
+
+
+def terminated(buffer: ReplayBuffer, rows: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+    """
+    :param buffer: the replay buffer
+    :param rows: row indices
+    :param env_indices: env indices
+    :return: whether each row ended its episode by termination (not by a time limit), shape ``(B,)``
+    """
+    return np.logical_and(buffer.dones[rows, env_indices] > 0, buffer.timeouts[rows, env_indices] == 0)
 
 
 def mark_newest_rows_truncated(buffer: ReplayBuffer) -> None:

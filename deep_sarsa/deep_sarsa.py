@@ -32,7 +32,7 @@ from stable_baselines3.dqn import DQN
 from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy, QNetwork
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
-from deep_sarsa.buffers import bootstrap_rows, mark_newest_rows_truncated, sample_with_indices, stored_next_actions
+from deep_sarsa.buffers import actions_after, bootstrap_rows, mark_newest_rows_truncated, sample_with_indices, terminated
 from deep_sarsa.masking import attach_masks, check_action_masks, masks_of, sample_valid_actions
 from deep_sarsa.targets import (
     LossName,
@@ -514,12 +514,14 @@ class DeepSARSA(OffPolicyAlgorithm):
             return self.replay_buffer.sample(batch_size, env=self._vec_normalize_env), NextState(None, None, None)
         samples, batch_inds, env_indices = sample_with_indices(self.replay_buffer, batch_size, self._vec_normalize_env)
         stored = masks = known = None
+        last_rows, has_next = bootstrap_rows(self.replay_buffer, batch_inds, env_indices)
         if self.next_action == "stored":
-            next_actions, available = stored_next_actions(self.replay_buffer, batch_inds, env_indices)
-            stored_np = np.where(available, next_actions, -1).astype(np.int64).reshape(-1, 1)
-            stored = th.as_tensor(stored_np, device=self.device)
+            next_actions = actions_after(self.replay_buffer, last_rows, env_indices)
+            # Terminal rows do not bootstrap: any a' will do, they need no sampled one
+            terminal = terminated(self.replay_buffer, last_rows, env_indices)
+            stored_np = np.where(has_next, next_actions, np.where(terminal, 0, -1))
+            stored = th.as_tensor(stored_np.astype(np.int64).reshape(-1, 1), device=self.device)
         if mask_store is not None:
-            last_rows, _ = bootstrap_rows(self.replay_buffer, batch_inds, env_indices)
             masks_np, known_np = mask_store.read(last_rows, env_indices)
             masks_np[~known_np] = True  # any valid action will do: these rows do not bootstrap
             masks = th.as_tensor(masks_np, device=self.device)
