@@ -1,0 +1,220 @@
+"""
+Learning-quality benchmark: DeepSARSA (each ``next_action`` variant) beside SB3's DQN.
+
+Every (task, algorithm, seed) is an independent job that writes one JSON file, so a grid can be
+resumed (finished jobs are skipped), sharded across processes or machines, and reported later.
+Each job evaluates the deterministic policy with SB3's ``evaluate_policy`` every ``eval_freq``
+steps (20 episodes by default, on a separate env) and records training wall-clock time (without
+the evaluations).
+
+    python benchmarks/harness.py grid --tasks CartPole-v1 --seeds 5 --workers 2
+    python benchmarks/harness.py grid --tasks CartPole-v1 Acrobot-v1 --shard 1/2   # half of the jobs
+    python benchmarks/harness.py report                                           # RESULTS table + plots
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3 import DQN
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+
+from deep_sarsa import DeepSARSA
+from deep_sarsa.presets import rl_zoo_dqn
+
+RUNS = Path(__file__).parent / "runs"
+ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
+#: also runnable: DeepSARSA with DQN's Huber loss instead of the default MSE
+EXTRA_ALGORITHMS = ["sarsa-sampled-huber", "sarsa-expected-huber", "sarsa-stored-huber"]
+#: rl-zoo's budgets, evaluation frequency, and its DQN results (benchmark.md) to compare with
+TASKS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": dict(steps=50_000, eval_freq=5_000, zoo_dqn=500.0),
+    "Acrobot-v1": dict(steps=100_000, eval_freq=10_000, zoo_dqn=-76.6),
+    "MountainCar-v0": dict(steps=120_000, eval_freq=10_000, zoo_dqn=-100.8),
+    "LunarLander-v3": dict(steps=100_000, eval_freq=10_000, zoo_dqn=154.0),
+}
+
+
+class Evaluate(BaseCallback):
+    """Evaluates the deterministic policy every ``eval_freq`` steps; keeps its own time apart."""
+
+    def __init__(self, env_id: str, eval_freq: int, episodes: int, seed: int) -> None:
+        super().__init__()
+        self.env = Monitor(gym.make(env_id))
+        self.env.reset(seed=seed)
+        self.eval_freq, self.episodes = eval_freq, episodes
+        self.curve: list[tuple[int, float, float]] = []
+        self.seconds = 0.0
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps % self.eval_freq == 0:
+            start = time.perf_counter()
+            returns, _ = evaluate_policy(
+                self.model, self.env, n_eval_episodes=self.episodes, deterministic=True, return_episode_rewards=True
+            )
+            self.curve.append((self.num_timesteps, float(np.mean(returns)), float(np.std(returns))))
+            self.seconds += time.perf_counter() - start
+        return True
+
+
+def job_path(runs: Path, task: str, algorithm: str, seed: int) -> Path:
+    return runs / task / algorithm / f"seed{seed}.json"
+
+
+def run_job(job: tuple[str, str, int, int, Path]) -> Path:
+    """Train and evaluate one (task, algorithm, seed); write its JSON file; return the path."""
+    task, algorithm, seed, episodes, runs = job
+    th.set_num_threads(1)  # one job per core
+    settings = TASKS[task]
+    hyperparameters = rl_zoo_dqn(task)
+    if algorithm == "dqn":
+        model: DQN | DeepSARSA = DQN("MlpPolicy", task, seed=seed, device="cpu", **hyperparameters)
+    else:
+        next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")
+        model = DeepSARSA(
+            "MlpPolicy",
+            task,
+            seed=seed,
+            device="cpu",
+            next_action=next_action,  # type: ignore[arg-type]
+            loss=loss or "mse",  # type: ignore[arg-type]
+            **hyperparameters,
+        )
+    evaluate = Evaluate(task, settings["eval_freq"], episodes, seed=10_000 + seed)
+    start = time.perf_counter()
+    model.learn(settings["steps"], callback=evaluate)
+    train_seconds = time.perf_counter() - start - evaluate.seconds
+    result = {
+        "task": task,
+        "algorithm": algorithm,
+        "seed": seed,
+        "steps": model.num_timesteps,
+        "curve": evaluate.curve,
+        "train_seconds": train_seconds,
+        "steps_per_second": model.num_timesteps / train_seconds,
+        "hyperparameters": {k: str(v) for k, v in hyperparameters.items()},
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, one torch thread per job",
+    }
+    path = job_path(runs, task, algorithm, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result, indent=1))
+    temporary.replace(path)
+    return path
+
+
+def grid(args: argparse.Namespace) -> None:
+    jobs = [
+        (task, algorithm, seed, args.episodes, args.runs)
+        for task in args.tasks
+        for seed in range(args.seeds)
+        for algorithm in args.algorithms
+    ]
+    index, count = (int(part) for part in args.shard.split("/"))
+    jobs = [job for i, job in enumerate(jobs) if i % count == index - 1]
+    todo = [job for job in jobs if not job_path(args.runs, job[0], job[1], job[2]).exists()]
+    print(f"{len(jobs)} jobs in this shard, {len(jobs) - len(todo)} done already, {len(todo)} to run", flush=True)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    with ProcessPoolExecutor(args.workers) as pool:
+        for path in pool.map(run_job, todo):
+            print(f"wrote {path}", flush=True)
+
+
+def quartiles(values: list[float]) -> str:
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return f"{median:.1f} [{q1:.1f}, {q3:.1f}]"
+
+
+def report(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [json.loads(path.read_text()) for path in sorted(args.runs.glob("*/*/seed*.json"))]
+    tasks = [task for task in TASKS if any(r["task"] == task for r in results)]
+    lines = [
+        "| task | algorithm | seeds | final return: median [IQR] | area under curve: median [IQR] "
+        "| train wall-clock (s) | steps/s | rl-zoo DQN |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    figure, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5 * max(len(tasks), 1), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=False):
+        for algorithm in ALGORITHMS + EXTRA_ALGORITHMS:
+            runs = [r for r in results if r["task"] == task and r["algorithm"] == algorithm]
+            if not runs:
+                continue
+            finals = [r["curve"][-1][1] for r in runs]
+            areas = [float(np.mean([point[1] for point in r["curve"]])) for r in runs]
+            lines.append(
+                f"| {task} | {algorithm} | {len(runs)} | {quartiles(finals)} | {quartiles(areas)} "
+                f"| {np.median([r['train_seconds'] for r in runs]):.0f} "
+                f"| {np.median([r['steps_per_second'] for r in runs]):.0f} "
+                f"| {TASKS[task]['zoo_dqn']} |"
+            )
+            steps = [point[0] for point in runs[0]["curve"]]
+            curves = np.array([[point[1] for point in r["curve"]] for r in runs if len(r["curve"]) == len(steps)])
+            q1, median, q3 = np.percentile(curves, [25, 50, 75], axis=0)
+            axis.plot(steps, median, label=algorithm)
+            axis.fill_between(steps, q1, q3, alpha=0.2)
+        axis.set_title(task)
+        axis.set_xlabel("env steps")
+        axis.set_ylabel("mean return (20 deterministic episodes)")
+        axis.legend()
+    figure.tight_layout()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.output.with_suffix(".png"), dpi=100)
+    machine = results[0]["machine"] if results else ""
+    text = "\n".join(
+        [
+            "# Learning quality: DeepSARSA vs SB3 DQN",
+            "",
+            "rl-zoo's DQN hyperparameters for both (unchanged), rl-zoo's budgets; deterministic evaluation "
+            "with `evaluate_policy` on a separate env; median and interquartile range over seeds. "
+            "Final = the last evaluation; area under curve = the mean of all evaluations.",
+            "",
+            *lines,
+            "",
+            f"![learning curves]({args.output.with_suffix('.png').name})",
+            "",
+            f"Machine: {machine}.",
+            "",
+            "Reproduce: `python benchmarks/harness.py grid --tasks "
+            + " ".join(tasks)
+            + " --seeds 5 --workers 2 && python benchmarks/harness.py report`",
+        ]
+    )
+    args.output.write_text(text + "\n")
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    grid_parser = commands.add_parser("grid", help="run (the missing) jobs of a grid")
+    grid_parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    grid_parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS + EXTRA_ALGORITHMS)
+    grid_parser.add_argument("--seeds", type=int, default=5)
+    grid_parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes")
+    grid_parser.add_argument("--workers", type=int, default=2)
+    grid_parser.add_argument("--shard", default="1/1", help="i/n: run every n-th job starting at the i-th")
+    grid_parser.add_argument("--runs", type=Path, default=RUNS)
+    report_parser = commands.add_parser("report", help="aggregate the JSON files into a table and plots")
+    report_parser.add_argument("--runs", type=Path, default=RUNS)
+    report_parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "learning.md")
+    args = parser.parse_args()
+    grid(args) if args.command == "grid" else report(args)
+
+
+if __name__ == "__main__":
+    main()
