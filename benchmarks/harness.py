@@ -148,29 +148,44 @@ def report(args: argparse.Namespace) -> None:
         "| train wall-clock (s) | steps/s | rl-zoo DQN |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    figure, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5 * max(len(tasks), 1), 4), squeeze=False)
-    for axis, task in zip(axes[0], tasks, strict=False):
+
+    def runs_of(task: str, algorithm: str) -> list[dict[str, Any]]:
+        return [r for r in results if r["task"] == task and r["algorithm"] == algorithm]
+
+    for task in tasks:
         for algorithm in ALGORITHMS + EXTRA_ALGORITHMS:
-            runs = [r for r in results if r["task"] == task and r["algorithm"] == algorithm]
-            if not runs:
-                continue
-            finals = [r["curve"][-1][1] for r in runs]
-            areas = [float(np.mean([point[1] for point in r["curve"]])) for r in runs]
-            lines.append(
-                f"| {task} | {algorithm} | {len(runs)} | {quartiles(finals)} | {quartiles(areas)} "
-                f"| {np.median([r['train_seconds'] for r in runs]):.0f} "
-                f"| {np.median([r['steps_per_second'] for r in runs]):.0f} "
-                f"| {TASKS[task]['zoo_dqn']} |"
-            )
-            steps = [point[0] for point in runs[0]["curve"]]
-            curves = np.array([[point[1] for point in r["curve"]] for r in runs if len(r["curve"]) == len(steps)])
-            q1, median, q3 = np.percentile(curves, [25, 50, 75], axis=0)
-            axis.plot(steps, median, label=algorithm)
-            axis.fill_between(steps, q1, q3, alpha=0.2)
-        axis.set_title(task)
-        axis.set_xlabel("env steps")
-        axis.set_ylabel("mean return (20 deterministic episodes)")
-        axis.legend()
+            runs = runs_of(task, algorithm)
+            if runs:
+                finals = [r["curve"][-1][1] for r in runs]
+                areas = [float(np.mean([point[1] for point in r["curve"]])) for r in runs]
+                lines.append(
+                    f"| {task} | {algorithm} | {len(runs)} | {quartiles(finals)} | {quartiles(areas)} "
+                    f"| {np.median([r['train_seconds'] for r in runs]):.0f} "
+                    f"| {np.median([r['steps_per_second'] for r in runs]):.0f} "
+                    f"| {TASKS[task]['zoo_dqn']} |"
+                )
+
+    # One row of panels per task, one panel per DeepSARSA variant, DQN beside it in each
+    variants = [a for a in ALGORITHMS + EXTRA_ALGORITHMS if a != "dqn" and any(r["algorithm"] == a for r in results)]
+    figure, axes = plt.subplots(
+        max(len(tasks), 1), max(len(variants), 1), figsize=(4 * max(len(variants), 1), 3.2 * max(len(tasks), 1)), squeeze=False
+    )
+    for row, task in enumerate(tasks):
+        for column, variant in enumerate(variants):
+            axis = axes[row][column]
+            for algorithm in ("dqn", variant):
+                runs = runs_of(task, algorithm)
+                if not runs:
+                    continue
+                steps = [point[0] for point in runs[0]["curve"]]
+                curves = np.array([[point[1] for point in r["curve"]] for r in runs if len(r["curve"]) == len(steps)])
+                q1, median, q3 = np.percentile(curves, [25, 50, 75], axis=0)
+                axis.plot(steps, median, label=f"{algorithm} (median, {len(curves)} seeds)")
+                axis.fill_between(steps, q1, q3, alpha=0.2)
+            axis.set_title(f"{task}: {variant}", fontsize=9)
+            axis.set_xlabel("env steps", fontsize=8)
+            axis.set_ylabel("mean return, IQR band", fontsize=8)
+            axis.legend(fontsize=7)
     figure.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.output.with_suffix(".png"), dpi=100)
