@@ -1,0 +1,97 @@
+"""The ``deep-sarsa`` command: each subcommand on a tiny run, and its errors with their exit codes."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deep_sarsa.cli import main
+
+TINY = [
+    "--timesteps",
+    "600",
+    "--no-progress-bar",
+    "--eval-episodes",
+    "2",
+    "--hyperparams",
+    "learning_starts=100",
+    "train_freq=4",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "CartPole-v1", "--output", str(output), "--next-action", "stored", *TINY]) == 0
+    return output
+
+
+def test_train_writes_the_run_folder(run: Path) -> None:
+    assert (run / "model.zip").exists() and (run / "learning_curve.png").stat().st_size > 1000
+    settings = json.loads((run / "run.json").read_text())
+    assert settings["env_id"] == "CartPole-v1" and settings["hyperparameters"]["next_action"] == "'stored'"
+    assert settings["hyperparameters"]["learning_rate"] == "0.0023"  # rl-zoo's preset, then overrides
+    assert list((run / "monitor").glob("*.monitor.csv")) and (run / "eval" / "evaluations.npz").exists()
+    assert list((run / "checkpoints").glob("*.zip"))
+
+
+def test_evaluate_json(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(run / "model.zip"), "--episodes", "3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["env_id"] == "CartPole-v1" and len(summary["returns"]) == 3
+    assert summary["mean_return"] == pytest.approx(sum(summary["returns"]) / 3)
+
+
+def test_evaluate_table_and_plot(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(run / "model.zip"), "--episodes", "2"]) == 0
+    assert "mean return" in capsys.readouterr().out
+    assert main(["plot", str(run), str(run), "--output", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_enjoy_records_a_gif(run: Path, tmp_path: Path) -> None:
+    assert main(["enjoy", str(run / "model.zip"), "--gif", str(tmp_path / "agent.gif")]) == 0
+    assert (tmp_path / "agent.gif").read_bytes()[:3] == b"GIF"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "CartPol-v1"], "env='CartPol-v1' is not an environment"),
+        (["train", "CartPole-v1", "--hyperparams", "gama=0.9"], "unknown hyperparameter 'gama'; valid ones: .*gamma"),
+        (["train", "CartPole-v1", "--hyperparams", "gamma"], "key=value"),
+        (["train", "CartPole-v1", "--hyperparams", "gamma=2"], r"gamma must be in \[0, 1\]"),
+        (["evaluate", "missing.zip"], "no such model file"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_model_without_run_json_needs_env(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(run / "model.zip", tmp_path / "model.zip")
+    assert main(["evaluate", str(tmp_path / "model.zip")]) == 2
+    assert "pass --env" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "model.zip"), "--env", "CartPole-v1", "--episodes", "1", "--json"]) == 0
+
+
+def test_unreadable_model_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.zip").write_text("not a zip")
+    assert main(["evaluate", str(tmp_path / "bad.zip"), "--env", "CartPole-v1"]) == 2
+    assert "is not a model saved by SB3" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    executable = Path(sys.executable).parent / "deep-sarsa"  # installed beside this Python
+    assert executable.exists()
+    out = subprocess.run([executable, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "train" in out and "evaluate" in out and "enjoy" in out and "plot" in out
+    assert subprocess.run([executable, "train"], capture_output=True, text=True).returncode == 2  # argparse usage
