@@ -156,11 +156,24 @@ class TabularMDPEnv(gym.Env[np.int64, np.int64]):
         self.state = mdp.start_state
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.int64, dict]:
+        """
+        Start an episode in the MDP's start state.
+
+        :param seed: seed of the env's random generator
+        :param options: unused
+        :return: the start state and an empty info dict
+        """
         super().reset(seed=seed)
         self.state = self.mdp.start_state
         return np.int64(self.state), {}
 
     def step(self, action: np.int64) -> tuple[np.int64, float, bool, bool, dict]:
+        """
+        Sample the next state (or the end of the episode) and the reward.
+
+        :param action: the action
+        :return: next state, reward, terminated, truncated (never), info
+        """
         probs = self.mdp.transitions[self.state, int(action)]
         reward = float(self.mdp.rewards[self.state, int(action)])
         outcome = self.np_random.choice(self.mdp.n_states + 1, p=[*probs, 1.0 - probs.sum()])

@@ -105,7 +105,7 @@ def expected_sarsa_target(
     :param dones: 1 where the episode terminated (no bootstrap), shape ``(B, 1)``
     :param discounts: γ, or γ^k per row for an n-step return
     :param next_q_values: Q-values of the next state, shape ``(B, A)``
-    :param next_probs: π(·|s'), shape ``(B, A)``
+    :param next_probs: ``π(·|s')``, shape ``(B, A)``
     :return: targets of shape ``(B, 1)``
     """
     next_v = (next_probs * next_q_values).sum(dim=1, keepdim=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, then run every check: lint, format, types, the examples' smoke mode and the test suite.
+# Set up, then run every check: lint, format, types, the docs site (warnings are errors), the
+# examples' smoke mode and the test suite.
 # Extra arguments go to pytest (e.g. -m slow for the long learning runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +8,8 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+rm -rf docs/_build
+.venv/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 for example in examples/*.py; do
     OMP_NUM_THREADS=1 .venv/bin/python "$example" --smoke
 done
