@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then run every check: lint, format, types, the docs site (warnings are errors), the
 # examples' smoke mode and the test suite.
-# Extra arguments go to pytest (e.g. -m slow for the long learning runs).
+# Extra arguments go to pytest (e.g. -k masking).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
