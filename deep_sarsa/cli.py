@@ -104,7 +104,7 @@ def _load(model_path: pathlib.Path) -> DeepSARSA:
 
 def train(args: argparse.Namespace) -> int:
     """Train, evaluate periodically, checkpoint; write the model, run.json, monitor logs and a curve."""
-    _make_env(args.env_id)  # fails early, with the env's name
+    _make_env(args.env_id).close()  # fails early, with the env's name
     hyperparameters: dict[str, Any] = {}
     if args.preset:
         if args.env_id in RL_ZOO_DQN:

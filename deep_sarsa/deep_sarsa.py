@@ -450,7 +450,8 @@ class DeepSARSA(OffPolicyAlgorithm):
             if dones[i] and info.get("TimeLimit.truncated", False) and info.get("action_mask") is not None:
                 next_masks[i] = check_action_masks(info["action_mask"], 1, self._n_actions)[0]
                 known[i] = True
-        store = attach_masks(replay_buffer, self._n_actions)
+        store = masks_of(replay_buffer)  # attached by _setup_learn
+        assert store is not None
         store.write((replay_buffer.pos - 1) % replay_buffer.buffer_size, next_masks, known)
         self._last_masks = current
 
