@@ -28,7 +28,7 @@ def test_accepts_every_dqn_keyword_with_the_same_default() -> None:
         assert name in sarsa, name
         assert sarsa[name].default == parameter.default, name
     assert list(sarsa)[: len(dqn) - 1] == list(dqn)[:-1]  # same positional order
-    assert set(sarsa) - set(dqn) == {"next_action", "loss", "use_masking", "check_finite"}
+    assert set(sarsa) - set(dqn) == {"next_action", "loss", "use_masking", "check_finite", "flush_denormal"}
 
 
 def test_is_not_a_dqn() -> None:
