@@ -4,10 +4,12 @@ The ``deep-sarsa`` command: train, evaluate, watch and plot DeepSARSA agents.
     deep-sarsa train CartPole-v1 --timesteps 50000
     deep-sarsa evaluate runs/CartPole-v1-sampled-seed0/model.zip --episodes 20
     deep-sarsa enjoy runs/CartPole-v1-sampled-seed0/model.zip --gif cartpole.gif
+    deep-sarsa enjoy runs/CartPole-v1-sampled-seed0/model.zip --record cartpole.mp4
     deep-sarsa plot runs/CartPole-v1-sampled-seed0 runs/CartPole-v1-stored-seed0
 
 Exit codes: 0 on success, 2 for bad input (unknown env, bad hyperparameter, unreadable model
-file, bad arguments), 1 when something fails while running.
+file, bad arguments), 1 when something fails while running (or an optional package is
+missing), 130 when interrupted.
 """
 
 import argparse
@@ -23,6 +25,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -48,6 +51,10 @@ RUN_FILE = "run.json"
 
 class UsageError(Exception):
     """Bad input from the user: reported without a traceback, exit code 2."""
+
+
+class MissingExtra(Exception):
+    """An optional package that the command needs is not installed: exit code 1."""
 
 
 def parse_hyperparameters(pairs: Sequence[str]) -> dict[str, Any]:
@@ -202,32 +209,103 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VideoWriter:
+    """
+    Writes RGB frames to an MP4 file (H.264, yuv420p) with imageio's ffmpeg plugin, one at a time.
+
+    Frames of odd width or height are padded by one black row or column: H.264 in yuv420p needs
+    even sizes.
+
+    :param path: the MP4 file
+    :param fps: frames per second
+    """
+
+    def __init__(self, path: pathlib.Path, fps: int) -> None:
+        import imageio.v2 as imageio
+
+        # Written next to the target and renamed when complete: an interrupted recording leaves no broken file
+        self.path, self.partial = path, path.with_name(f".{path.stem}.partial.mp4")
+        self.writer = imageio.get_writer(
+            self.partial, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1
+        )
+        self.frames = 0
+
+    def append(self, frame: np.ndarray) -> None:
+        """
+        :param frame: an ``(H, W, 3)`` uint8 image
+        """
+        height, width = frame.shape[:2]
+        frame = np.pad(np.asarray(frame, dtype=np.uint8), ((0, height % 2), (0, width % 2), (0, 0)))
+        self.writer.append_data(frame)
+        self.frames += 1
+
+    def close(self, complete: bool) -> None:
+        """
+        Finish the file.
+
+        :param complete: keep the video (renamed to its final name), else delete it
+        """
+        self.writer.close()
+        if complete:
+            self.partial.replace(self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
+
+
+def _require_video_extra() -> None:
+    try:
+        import imageio  # noqa: F401
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as error:
+        raise MissingExtra(f"--record needs imageio and imageio-ffmpeg ({error}): pip install 'deep-sarsa[video]'") from error
+
+
 def enjoy(args: argparse.Namespace) -> int:
-    """Watch a saved model (needs a display), or record it to a GIF."""
+    """Watch a saved model (needs a display), or record it to a GIF or an MP4 video."""
+    output = args.gif or args.record
+    if output is not None and not output.parent.is_dir():
+        raise UsageError(f"cannot write {output}: the folder {output.parent} does not exist")
+    if args.record is not None:
+        if args.record.suffix.lower() != ".mp4":
+            raise UsageError(f"--record writes an MP4 video: the file name must end in .mp4, got {args.record}")
+        _require_video_extra()
     model = _load(args.model)
     env_id = _env_id_of(args.model, args.env)
-    render_mode = "rgb_array" if args.gif else "human"
+    render_mode = "rgb_array" if output is not None else "human"
     try:
         env = gym.make(env_id, render_mode=render_mode)
     except (gym.error.Error, ModuleNotFoundError) as error:
         raise UsageError(f"env={env_id!r} cannot be made: {error}") from error
-    frames = []
-    for episode in range(args.episodes):
-        obs, _ = env.reset(seed=args.seed + episode)
-        done, total = False, 0.0
-        while not done:
-            if args.gif:
-                frames.append(env.render())
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        console.print(f"episode {episode + 1}: return {total:.2f}")
-    env.close()
+    frames: list[np.ndarray] = []
+    video = _VideoWriter(args.record, int(env.metadata.get("render_fps") or 30)) if args.record else None
+    complete = False
+    try:
+        for episode in range(args.episodes):
+            obs, _ = env.reset(seed=args.seed + episode)
+            done, total = False, 0.0
+            while not done:
+                if video is not None:
+                    video.append(np.asarray(env.render()))
+                elif args.gif:
+                    frames.append(np.asarray(env.render()))
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+            console.print(f"episode {episode + 1}: return {total:.2f}")
+        complete = True
+    finally:
+        env.close()
+        if video is not None:
+            video.close(complete)
+    if video is not None:
+        console.print(f"recorded {video.frames} frames to {args.record}")
     if args.gif:
         from PIL import Image
 
-        images = [Image.fromarray(np.asarray(frame)) for frame in frames]
+        images = [Image.fromarray(frame) for frame in frames]
         images[0].save(args.gif, save_all=True, append_images=images[1:], duration=33, loop=0)
         console.print(f"recorded {len(images)} frames to {args.gif}")
     return 0
@@ -302,7 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=1)
     p.add_argument("--env", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gif", type=pathlib.Path, default=None, help="record to this GIF instead of showing a window")
+    recording = p.add_mutually_exclusive_group()
+    recording.add_argument("--gif", type=pathlib.Path, default=None, help="record to this GIF instead of showing a window")
+    recording.add_argument(
+        "--record", type=pathlib.Path, default=None, metavar="VIDEO.mp4", help="record to this MP4 video (extra: video)"
+    )
     p.set_defaults(func=enjoy)
 
     p = commands.add_parser("plot", help="learning curves of runs in one PNG")
@@ -318,10 +400,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except NonFiniteError as error:
-        errors.print(f"[red]training stopped:[/] {error}")
+        errors.print(f"[red]training stopped:[/] {escape(str(error))}")
+        return 1
+    except MissingExtra as error:
+        errors.print(f"[red]error:[/] {escape(str(error))}")
         return 1
     except (UsageError, ValueError) as error:
-        errors.print(f"[red]error:[/] {error}")
+        errors.print(f"[red]error:[/] {escape(str(error))}")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -6,9 +6,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from deep_sarsa import DeepSARSA
 from deep_sarsa.cli import main
 
 TINY = [
@@ -56,6 +58,71 @@ def test_evaluate_table_and_plot(run: Path, tmp_path: Path, capsys: pytest.Captu
 def test_enjoy_records_a_gif(run: Path, tmp_path: Path) -> None:
     assert main(["enjoy", str(run / "model.zip"), "--gif", str(tmp_path / "agent.gif")]) == 0
     assert (tmp_path / "agent.gif").read_bytes()[:3] == b"GIF"
+
+
+def test_enjoy_records_an_mp4_with_one_frame_per_step(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import imageio.v2 as imageio  # the dev extra installs the video extra
+
+    video = tmp_path / "agent.mp4"
+    assert main(["enjoy", str(run / "model.zip"), "--record", str(video), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    # CartPole pays 1 per step: the returns are the episode lengths, one frame per step
+    steps = sum(int(float(value)) for value in re.findall(r"episode \d: return ([\d.]+)", out))
+    assert steps > 0 and f"recorded {steps} frames to" in out
+    reader = imageio.get_reader(video, format="FFMPEG")
+    try:
+        assert reader.count_frames() == steps  # type: ignore[attr-defined]  # ffmpeg decodes and counts them
+        assert reader.get_meta_data()["fps"] == 50  # CartPole's render_fps
+        first = reader.get_data(0)
+    finally:
+        reader.close()
+    assert first.shape == (400, 600, 3) and first.std() > 0  # CartPole's picture, not a blank one
+
+
+def test_interrupted_recording_leaves_no_video_behind(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    original = DeepSARSA.predict
+
+    def interrupted_predict(self: DeepSARSA, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeepSARSA, "predict", interrupted_predict)
+    assert main(["enjoy", str(run / "model.zip"), "--record", str(tmp_path / "agent.mp4")]) == 130
+    assert calls == 5
+    assert list(tmp_path.iterdir()) == []  # neither the video nor its partial file
+
+
+def test_enjoy_gif_and_record_are_mutually_exclusive(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["enjoy", str(run / "model.zip"), "--gif", str(tmp_path / "a.gif"), "--record", str(tmp_path / "a.mp4")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "a.gif").exists() and not (tmp_path / "a.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("agent.avi", "must end in .mp4"), ("missing/agent.mp4", "does not exist")],
+)
+def test_record_to_a_bad_path_exits_2(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, message: str
+) -> None:
+    assert main(["enjoy", str(run / "model.zip"), "--record", str(tmp_path / name)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_record_without_the_video_extra_exits_1(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # makes `import imageio_ffmpeg` fail
+    assert main(["enjoy", str(run / "model.zip"), "--record", str(tmp_path / "agent.mp4")]) == 1
+    assert "pip install 'deep-sarsa[video]'" in capsys.readouterr().err
+    assert not (tmp_path / "agent.mp4").exists()
 
 
 @pytest.mark.parametrize(
