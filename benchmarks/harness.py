@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,33 +25,65 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch as th
+from gymnasium.wrappers import TimeLimit
+from sb3_contrib.common.maskable.evaluation import evaluate_policy as evaluate_masked_policy
+from sb3_contrib.common.wrappers import ActionMasker
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from deep_sarsa import DeepSARSA
-from deep_sarsa.presets import rl_zoo_dqn
+from deep_sarsa.masking import toy_text_action_mask
+from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR, RL_ZOO_DQN, preset, rl_zoo_dqn
 
 RUNS = Path(__file__).parent / "runs"
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
 #: also runnable: DeepSARSA with DQN's Huber loss instead of the default MSE
 EXTRA_ALGORITHMS = ["sarsa-sampled-huber", "sarsa-expected-huber", "sarsa-stored-huber"]
-#: rl-zoo's budgets, evaluation frequency, and its DQN results (benchmark.md) to compare with
+#: Each task: budget, evaluation frequency, hyperparameters (the same for DQN and DeepSARSA) and
+#: the reference to compare with. Classic control: rl-zoo's DQN entries and budgets, and its DQN
+#: results (benchmark.md). Taxi and CliffWalking: the package's presets (``next_action`` aside).
 TASKS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(steps=50_000, eval_freq=5_000, zoo_dqn=500.0),
-    "Acrobot-v1": dict(steps=100_000, eval_freq=10_000, zoo_dqn=-76.6),
-    "MountainCar-v0": dict(steps=120_000, eval_freq=10_000, zoo_dqn=-100.8),
-    "LunarLander-v3": dict(steps=100_000, eval_freq=10_000, zoo_dqn=154.0),
+    "CartPole-v1": dict(steps=50_000, eval_freq=5_000, reference="rl-zoo DQN 500"),
+    "Acrobot-v1": dict(steps=100_000, eval_freq=10_000, reference="rl-zoo DQN -76.6"),
+    "MountainCar-v0": dict(steps=120_000, eval_freq=10_000, reference="rl-zoo DQN -100.8"),
+    "LunarLander-v3": dict(steps=100_000, eval_freq=10_000, reference="rl-zoo DQN 154"),
+    "Taxi-v4": dict(steps=60_000, eval_freq=6_000, reference="optimal policy 7.93 (threshold 8)"),
+    "CliffWalking-v1": dict(steps=60_000, eval_freq=6_000, reference="greedy path: -13 along the edge, -15/-17 safe"),
+    # The lecture's own setting (the notebook's DeepSARSA only: DQN has no episode-based target sync)
+    "MountainCar-v0-lecture": dict(
+        steps=500_000, eval_freq=50_000, reference="lecture's notebook", algorithms=["sarsa-sampled"]
+    ),
 }
+
+
+def make_env(task: str) -> gym.Env:
+    """The task's env, with a Monitor: Taxi with its action masks, CliffWalking with a 200-step limit."""
+    if task == "Taxi-v4":
+        return ActionMasker(Monitor(gym.make("Taxi-v4")), toy_text_action_mask)
+    if task == "CliffWalking-v1":
+        return Monitor(TimeLimit(gym.make("CliffWalking-v1"), max_episode_steps=200))
+    return Monitor(gym.make(task.removesuffix("-lecture")))
+
+
+def hyperparameters_of(task: str) -> dict[str, Any]:
+    """The keywords both algorithms get on ``task`` (DeepSARSA's ``next_action`` comes from the algorithm's name)."""
+    if task == "MountainCar-v0-lecture":
+        return {key: value for key, value in LECTURE_MOUNTAIN_CAR.items() if key != "next_action"}
+    if task in RL_ZOO_DQN:
+        return rl_zoo_dqn(task)
+    hyperparameters = preset(task).hyperparameters
+    del hyperparameters["next_action"]
+    return hyperparameters
 
 
 class Evaluate(BaseCallback):
     """Evaluates the deterministic policy every ``eval_freq`` steps; keeps its own time apart."""
 
-    def __init__(self, env_id: str, eval_freq: int, episodes: int, seed: int) -> None:
+    def __init__(self, task: str, eval_freq: int, episodes: int, seed: int) -> None:
         super().__init__()
-        self.env = Monitor(gym.make(env_id))
+        self.env = make_env(task)
         self.env.reset(seed=seed)
         self.eval_freq, self.episodes = eval_freq, episodes
         self.curve: list[tuple[int, float, float]] = []
@@ -59,8 +92,15 @@ class Evaluate(BaseCallback):
     def _on_step(self) -> bool:
         if self.num_timesteps % self.eval_freq == 0:
             start = time.perf_counter()
-            returns, _ = evaluate_policy(
-                self.model, self.env, n_eval_episodes=self.episodes, deterministic=True, return_episode_rewards=True
+            # A masked DeepSARSA acts among valid actions (sb3-contrib's evaluation passes the masks)
+            masked = isinstance(self.model, DeepSARSA) and self.model._masking
+            evaluate = evaluate_masked_policy if masked else evaluate_policy
+            returns, _ = evaluate(
+                self.model,  # type: ignore[arg-type]
+                self.env,
+                n_eval_episodes=self.episodes,
+                deterministic=True,
+                return_episode_rewards=True,
             )
             self.curve.append((self.num_timesteps, float(np.mean(returns)), float(np.std(returns))))
             self.seconds += time.perf_counter() - start
@@ -76,14 +116,14 @@ def run_job(job: tuple[str, str, int, int, Path]) -> Path:
     task, algorithm, seed, episodes, runs = job
     th.set_num_threads(1)  # one job per core
     settings = TASKS[task]
-    hyperparameters = rl_zoo_dqn(task)
+    hyperparameters = hyperparameters_of(task)
     if algorithm == "dqn":
-        model: DQN | DeepSARSA = DQN("MlpPolicy", task, seed=seed, device="cpu", **hyperparameters)
+        model: DQN | DeepSARSA = DQN("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
     else:
         next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")
         model = DeepSARSA(
             "MlpPolicy",
-            task,
+            make_env(task),
             seed=seed,
             device="cpu",
             next_action=next_action,  # type: ignore[arg-type]
@@ -104,6 +144,7 @@ def run_job(job: tuple[str, str, int, int, Path]) -> Path:
         "steps_per_second": model.num_timesteps / train_seconds,
         "hyperparameters": {k: str(v) for k, v in hyperparameters.items()},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, one torch thread per job",
+        "commit": _commit(),
     }
     path = job_path(runs, task, algorithm, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,13 +154,29 @@ def run_job(job: tuple[str, str, int, int, Path]) -> Path:
     return path
 
 
-def grid(args: argparse.Namespace) -> None:
-    jobs = [
+def _commit() -> str:
+    """The git commit of this checkout (``unknown`` outside git), recorded with each result."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def jobs_of(args: argparse.Namespace) -> list[tuple[str, str, int, int, Path]]:
+    """The (task, algorithm, seed, evaluation episodes, runs folder) jobs of a grid, in order."""
+    return [
         (task, algorithm, seed, args.episodes, args.runs)
         for task in args.tasks
         for seed in range(args.seeds)
         for algorithm in args.algorithms
+        if algorithm in TASKS[task].get("algorithms", ALGORITHMS + EXTRA_ALGORITHMS)
     ]
+
+
+def grid(args: argparse.Namespace) -> None:
+    jobs = jobs_of(args)
     index, count = (int(part) for part in args.shard.split("/"))
     jobs = [job for i, job in enumerate(jobs) if i % count == index - 1]
     todo = [job for job in jobs if not job_path(args.runs, job[0], job[1], job[2]).exists()]
@@ -145,7 +202,7 @@ def report(args: argparse.Namespace) -> None:
     tasks = [task for task in TASKS if any(r["task"] == task for r in results)]
     lines = [
         "| task | algorithm | seeds | final return: median [IQR] | area under curve: median [IQR] "
-        "| train wall-clock (s) | steps/s | rl-zoo DQN |",
+        "| train wall-clock (s) | steps/s | reference |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -162,7 +219,7 @@ def report(args: argparse.Namespace) -> None:
                     f"| {task} | {algorithm} | {len(runs)} | {quartiles(finals)} | {quartiles(areas)} "
                     f"| {np.median([r['train_seconds'] for r in runs]):.0f} "
                     f"| {np.median([r['steps_per_second'] for r in runs]):.0f} "
-                    f"| {TASKS[task]['zoo_dqn']} |"
+                    f"| {TASKS[task]['reference']} |"
                 )
 
     # One row of panels per task, one panel per DeepSARSA variant, DQN beside it in each

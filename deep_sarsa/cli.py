@@ -34,7 +34,7 @@ from stable_baselines3.common.monitor import Monitor
 
 from deep_sarsa.callbacks import SaveOnInterrupt
 from deep_sarsa.deep_sarsa import DeepSARSA, NonFiniteError, _make_env
-from deep_sarsa.presets import RL_ZOO_DQN, rl_zoo_dqn
+from deep_sarsa.presets import load_presets, parse_policy_kwargs
 
 console = Console()
 #: errors go to stderr, unwrapped, so that they can be read (and grepped) whole
@@ -80,9 +80,10 @@ def parse_hyperparameters(pairs: Sequence[str]) -> dict[str, Any]:
 
 def _literal(text: str) -> Any:
     if text.startswith("dict(") and text.endswith(")"):
-        call = ast.parse(text, mode="eval").body
-        assert isinstance(call, ast.Call)
-        return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+        try:
+            return parse_policy_kwargs(text)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -113,11 +114,14 @@ def train(args: argparse.Namespace) -> int:
     """Train, evaluate periodically, checkpoint; write the model, run.json, monitor logs and a curve."""
     _make_env(args.env_id).close()  # fails early, with the env's name
     hyperparameters: dict[str, Any] = {}
+    presets = load_presets()
     if args.preset:
-        if args.env_id in RL_ZOO_DQN:
-            hyperparameters = rl_zoo_dqn(args.env_id)
+        if args.env_id in presets:
+            hyperparameters = presets[args.env_id].hyperparameters
         else:
             errors.print(f"[yellow]no preset for {args.env_id}: DQN's defaults[/]")
+    if args.timesteps is None:
+        args.timesteps = presets[args.env_id].n_timesteps if args.preset and args.env_id in presets else 50_000
     hyperparameters.update(parse_hyperparameters(args.hyperparams))
     if args.next_action is not None:
         hyperparameters["next_action"] = args.next_action
@@ -355,8 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a model")
     p.add_argument("env_id", help="a Gymnasium env id, or module:EnvId")
-    p.add_argument("--timesteps", type=int, default=50_000)
-    p.add_argument("--preset", action=argparse.BooleanOptionalAction, default=True, help="start from rl-zoo's DQN entry")
+    p.add_argument("--timesteps", type=int, default=None, help="env steps (default: the preset's budget, else 50000)")
+    p.add_argument(
+        "--preset",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start from DeepSARSA's preset for the env (deep_sarsa/hyperparams/deep_sarsa.yml)",
+    )
     p.add_argument("--hyperparams", nargs="*", default=[], metavar="KEY=VALUE", help="any DeepSARSA keyword")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-envs", type=int, default=1)

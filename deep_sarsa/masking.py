@@ -18,6 +18,7 @@ that step if the env reports one (as Gymnasium's Taxi does); otherwise its mask 
 the row does not bootstrap, so that the value of an invalid action can never leak into a target.
 """
 
+import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
 
@@ -124,3 +125,19 @@ def sample_valid_actions(masks: np.ndarray) -> np.ndarray:
     :return: actions, shape ``(n,)``
     """
     return np.array([np.random.choice(np.flatnonzero(row)) for row in masks])
+
+
+def toy_text_action_mask(env: gym.Env) -> np.ndarray:
+    """
+    The valid actions in the current state of a Gymnasium toy-text env that has an
+    ``action_mask(state)`` method (Taxi), for sb3-contrib's ``ActionMasker``::
+
+        env = ActionMasker(gym.make("Taxi-v4"), toy_text_action_mask)
+
+    :param env: the env (wrapped or not)
+    :return: boolean mask, shape ``(n_actions,)``
+    """
+    toy_text = env.unwrapped
+    if not hasattr(toy_text, "action_mask"):
+        raise ValueError(f"{toy_text} has no action_mask(state) method (Gymnasium's Taxi has one)")
+    return np.asarray(toy_text.action_mask(toy_text.s), dtype=bool)  # type: ignore[attr-defined]

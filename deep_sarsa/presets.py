@@ -1,5 +1,12 @@
 """
-Reference hyperparameters.
+Hyperparameter presets.
+
+:func:`preset` reads DeepSARSA's own presets, shipped with the package in rl-baselines3-zoo's
+YAML format (``deep_sarsa/hyperparams/deep_sarsa.yml``; how each entry was chosen is written
+beside it there and in ``benchmarks/RESULTS.md``)::
+
+    entry = preset("CartPole-v1")
+    model = DeepSARSA(entry.policy, "CartPole-v1", **entry.hyperparameters).learn(entry.n_timesteps)
 
 ``RL_ZOO_DQN`` holds rl-baselines3-zoo's DQN entries (``hyperparams/dqn.yml``) for the classic
 control tasks, without the zoo-only keys (``n_timesteps``, ``policy``): since DeepSARSA accepts
@@ -7,7 +14,16 @@ every DQN keyword with the same meaning, each entry can be passed as is,
 ``DeepSARSA("MlpPolicy", "CartPole-v1", **RL_ZOO_DQN["CartPole-v1"])``.
 """
 
-from typing import Any
+import ast
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch as th
+import yaml
+
+#: DeepSARSA's presets, in rl-zoo's format
+PRESETS_FILE = Path(str(resources.files("deep_sarsa") / "hyperparams" / "deep_sarsa.yml"))
 
 _ACROBOT_AND_LUNAR_LANDER: dict[str, Any] = dict(
     learning_rate=6.3e-4,
@@ -67,3 +83,91 @@ def rl_zoo_dqn(env_id: str) -> dict[str, Any]:
         raise ValueError(f"env_id must be one of {sorted(RL_ZOO_DQN)}, got {env_id!r}")
     entry = RL_ZOO_DQN[env_id]
     return {**entry, "policy_kwargs": dict(entry["policy_kwargs"])}
+
+
+#: The Deep SARSA lecture's MountainCar-v0 setting (its notebook, ``beginner_master_rl`` section 8), as
+#: DeepSARSA keywords: [128, 64] ReLU network, AdamW 1e-3, batch 32, γ = 0.99, learning from 320
+#: stored transitions, one gradient step per env step, ε = 0.01 throughout, target network synced
+#: every 10 episodes, MSE; 2500 episodes ≈ 500k steps. ``examples/mountain_car_lecture.py`` runs it.
+LECTURE_MOUNTAIN_CAR: dict[str, Any] = dict(
+    learning_rate=1e-3,
+    buffer_size=1_000_000,
+    learning_starts=320,
+    batch_size=32,
+    gamma=0.99,
+    train_freq=1,
+    gradient_steps=1,
+    target_update_interval=(10, "episode"),
+    exploration_fraction=0.0,
+    exploration_initial_eps=0.01,
+    exploration_final_eps=0.01,
+    next_action="sampled",
+    loss="mse",
+    policy_kwargs=dict(net_arch=[128, 64], optimizer_class=th.optim.AdamW),
+)
+
+
+class Preset(NamedTuple):
+    """One entry of a presets file."""
+
+    #: the policy name, e.g. ``"MlpPolicy"``
+    policy: str
+    #: the training budget in env steps
+    n_timesteps: int
+    #: DeepSARSA keywords (``policy_kwargs`` parsed into a dict)
+    hyperparameters: dict[str, Any]
+
+
+def parse_policy_kwargs(text: str) -> dict[str, Any]:
+    """
+    Parse rl-zoo's ``policy_kwargs`` string, ``"dict(net_arch=[256, 256])"``, without ``eval``:
+    only literal values (numbers, strings, lists, tuples, dicts) are accepted.
+
+    :param text: the string
+    :return: the keyword arguments
+    """
+    try:
+        call = ast.parse(text.strip(), mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "dict" and not call.args):
+            raise ValueError("expected dict(key=value, ...)")
+        return {str(keyword.arg): ast.literal_eval(keyword.value) for keyword in call.keywords}
+    except (ValueError, SyntaxError) as error:
+        raise ValueError(f"policy_kwargs must be a literal 'dict(key=value, ...)', got {text!r}: {error}") from error
+
+
+def load_presets(path: str | Path = PRESETS_FILE) -> dict[str, Preset]:
+    """
+    Read a presets file in rl-zoo's format.
+
+    :param path: the YAML file (DeepSARSA's own by default)
+    :return: the presets by env id
+    """
+    path = Path(path)
+    try:
+        entries = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: not a readable YAML presets file: {error}") from error
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path}: expected a mapping of env ids to hyperparameters, got {type(entries).__name__}")
+    presets = {}
+    for env_id, entry in entries.items():
+        if not isinstance(entry, dict) or "n_timesteps" not in entry:
+            raise ValueError(f"{path}: the entry {env_id!r} must be a mapping with n_timesteps")
+        hyperparameters = {key: value for key, value in entry.items() if key not in ("n_timesteps", "policy")}
+        if isinstance(hyperparameters.get("policy_kwargs"), str):
+            hyperparameters["policy_kwargs"] = parse_policy_kwargs(hyperparameters["policy_kwargs"])
+        presets[env_id] = Preset(str(entry.get("policy", "MlpPolicy")), int(entry["n_timesteps"]), hyperparameters)
+    return presets
+
+
+def preset(env_id: str) -> Preset:
+    """
+    DeepSARSA's preset for ``env_id`` (a fresh copy each call, safe to modify).
+
+    :param env_id: one of the env ids in :data:`PRESETS_FILE`
+    :return: the policy name, the budget and the keyword arguments
+    """
+    presets = load_presets()
+    if env_id not in presets:
+        raise ValueError(f"no DeepSARSA preset for env_id={env_id!r}; presets exist for {sorted(presets)}")
+    return presets[env_id]

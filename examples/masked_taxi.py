@@ -13,23 +13,17 @@ legal actions, so the agent never pays Taxi's -10 for an illegal pick-up or drop
 import argparse
 
 import gymnasium as gym
-import numpy as np
 from sb3_contrib.common.maskable.evaluation import evaluate_policy as evaluate_masked
 from sb3_contrib.common.wrappers import ActionMasker
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from deep_sarsa import DeepSARSA
-
-
-def taxi_mask(env: gym.Env) -> np.ndarray:
-    """The legal actions in Taxi's current state."""
-    taxi = env.unwrapped
-    return taxi.action_mask(taxi.s).astype(bool)  # type: ignore[attr-defined]
+from deep_sarsa.masking import toy_text_action_mask
 
 
 def make_taxi() -> gym.Env:
-    return ActionMasker(Monitor(gym.make("Taxi-v4")), taxi_mask)
+    return ActionMasker(Monitor(gym.make("Taxi-v4")), toy_text_action_mask)
 
 
 def train(use_masking: bool, timesteps: int, seed: int) -> DeepSARSA:

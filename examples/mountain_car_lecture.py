@@ -37,28 +37,13 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from deep_sarsa import DeepSARSA
+from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR
 
 ENV_ID = "MountainCar-v0"
 POSITION = (-1.2, 0.6)
 VELOCITY = (-0.07, 0.07)
 ACTIONS = ["push left", "no push", "push right"]
-#: the lecture's notebook, as DeepSARSA keywords
-LECTURE: dict[str, Any] = dict(
-    learning_rate=1e-3,
-    buffer_size=1_000_000,
-    learning_starts=320,
-    batch_size=32,
-    gamma=0.99,
-    train_freq=1,
-    gradient_steps=1,
-    target_update_interval=(10, "episode"),
-    exploration_fraction=0.0,
-    exploration_initial_eps=0.01,
-    exploration_final_eps=0.01,
-    next_action="sampled",
-    loss="mse",
-    policy_kwargs=dict(net_arch=[128, 64], optimizer_class=th.optim.AdamW),
-)
+LECTURE = LECTURE_MOUNTAIN_CAR
 
 
 def train(timesteps: int, seed: int) -> DeepSARSA:

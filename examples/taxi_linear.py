@@ -49,6 +49,7 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from deep_sarsa import DeepSARSA
+from deep_sarsa.masking import toy_text_action_mask
 from deep_sarsa.tabular import q_table
 
 GAMMA = 0.99
@@ -91,12 +92,6 @@ def taxi_tables() -> TaxiTables:
     return TaxiTables(next_state, reward, terminal, valid, np.asarray(taxi.initial_state_distrib))
 
 
-def taxi_mask(env: gym.Env) -> np.ndarray:
-    """The legal actions in Taxi's current state."""
-    taxi = env.unwrapped
-    return taxi.action_mask(taxi.s).astype(bool)  # type: ignore[attr-defined]
-
-
 class VisitCounter(gym.Wrapper):
     """
     Counts how often each (state, action) pair is taken, from a given step on.
@@ -136,7 +131,7 @@ class VisitCounter(gym.Wrapper):
 def make_taxi(counter: VisitCounter | None = None) -> gym.Env:
     """Taxi-v4 with its action mask exposed as ``action_masks()``; optionally counting visits."""
     env = counter if counter is not None else Monitor(gym.make("Taxi-v4"))
-    return ActionMasker(env, taxi_mask)
+    return ActionMasker(env, toy_text_action_mask)
 
 
 def train_linear(timesteps: int, seed: int) -> tuple[DeepSARSA, np.ndarray]:

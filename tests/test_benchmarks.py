@@ -11,8 +11,7 @@ import harness
 
 
 def test_job_report_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("matplotlib")
-    monkeypatch.setitem(harness.TASKS, "CartPole-v1", dict(steps=512, eval_freq=256, zoo_dqn=500.0))
+    monkeypatch.setitem(harness.TASKS, "CartPole-v1", dict(steps=512, eval_freq=256, reference="rl-zoo DQN 500"))
     for algorithm in ("dqn", "sarsa-stored"):
         path = harness.run_job(("CartPole-v1", algorithm, 0, 2, tmp_path))
         result = json.loads(path.read_text())
@@ -29,3 +28,29 @@ def test_job_report_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     text = output.read_text()
     assert "| CartPole-v1 | dqn | 1 |" in text and "| CartPole-v1 | sarsa-stored | 1 |" in text
     assert output.with_suffix(".png").stat().st_size > 1000
+
+
+def test_taxi_jobs_use_masks_for_deep_sarsa_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(harness.TASKS, "Taxi-v4", dict(harness.TASKS["Taxi-v4"], steps=1200, eval_freq=1200))
+    evaluated: list[str] = []
+    for evaluator in ("evaluate_policy", "evaluate_masked_policy"):
+        original = getattr(harness, evaluator)
+
+        def recording(*args: object, _name: str = evaluator, _original: object = original, **kwargs: object) -> object:
+            evaluated.append(_name)
+            return _original(*args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(harness, evaluator, recording)
+    for algorithm in ("dqn", "sarsa-sampled"):
+        result = json.loads(harness.run_job(("Taxi-v4", algorithm, 0, 2, tmp_path)).read_text())
+        assert result["steps"] == 1200 and len(result["curve"]) == 1
+        assert result["hyperparameters"]["policy_kwargs"] == "{'net_arch': []}"  # the preset's Q-table
+    assert evaluated == ["evaluate_policy", "evaluate_masked_policy"]
+
+
+def test_the_lecture_task_runs_deep_sarsa_only() -> None:
+    args = harness.argparse.Namespace(
+        tasks=["MountainCar-v0-lecture"], algorithms=harness.ALGORITHMS, seeds=2, episodes=1, runs=Path("runs")
+    )
+    assert [(job[1], job[2]) for job in harness.jobs_of(args)] == [("sarsa-sampled", 0), ("sarsa-sampled", 1)]
+    assert harness.hyperparameters_of("MountainCar-v0-lecture")["target_update_interval"] == (10, "episode")
