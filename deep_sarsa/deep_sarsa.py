@@ -655,12 +655,12 @@ class DeepSARSA(OffPolicyAlgorithm):
         :param next_observations: the next observations of each minibatch
         :return: the Q-values of each minibatch, shape ``(B, A)`` each
         """
-        sizes = [len(next(iter(obs.values())) if isinstance(obs, dict) else obs) for obs in next_observations]
         first = next_observations[0]
-        joined: th.Tensor | dict[str, th.Tensor]
         if len(next_observations) == 1:
-            joined = first
-        elif isinstance(first, dict):
+            return [self.q_net_target(first)]
+        sizes = [len(next(iter(obs.values())) if isinstance(obs, dict) else obs) for obs in next_observations]
+        joined: th.Tensor | dict[str, th.Tensor]
+        if isinstance(first, dict):
             joined = {key: th.cat([obs[key] for obs in next_observations]) for key in first}  # type: ignore[index]
         else:
             joined = th.cat(next_observations)  # type: ignore[arg-type]
@@ -668,11 +668,7 @@ class DeepSARSA(OffPolicyAlgorithm):
 
     def _minibatches_per_pass(self, batch_size: int) -> int:
         """How many minibatches share a target-network pass: up to ``2**22`` observation numbers (16 MB)."""
-        assert self.replay_buffer is not None
-        observations = self.replay_buffer.observations
-        arrays = observations.values() if isinstance(observations, dict) else [observations]
-        numbers_per_row = sum(int(np.prod(array.shape[2:])) for array in arrays)
-        return max(1, 2**22 // max(1, numbers_per_row * batch_size))
+        return max(1, 2**22 // max(1, spaces.flatdim(self.observation_space) * batch_size))
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         with _flush_denormal(self.flush_denormal):
@@ -687,7 +683,7 @@ class DeepSARSA(OffPolicyAlgorithm):
 
         # Statistics stay tensors until the end: no host synchronisation inside the loop
         losses, q_means, fallbacks = [], [], []
-        per_pass = self._minibatches_per_pass(batch_size)
+        per_pass = self._minibatches_per_pass(batch_size) if gradient_steps > 1 else 1
         for first in range(0, gradient_steps, per_pass):
             # The target network does not change inside train(): sample several minibatches
             # (drawing the same random numbers, in the same order, as one at a time) and
