@@ -52,8 +52,9 @@ TASKS: dict[str, dict[str, Any]] = {
     "Taxi-v4": dict(steps=60_000, eval_freq=6_000, reference="optimal policy 7.93 (threshold 8)"),
     "CliffWalking-v1": dict(steps=60_000, eval_freq=6_000, reference="greedy path: -13 along the edge, -15/-17 safe"),
     # The lecture's own setting (the notebook's DeepSARSA only: DQN has no episode-based target sync)
+    # (its models are kept, for examples/mountain_car_lecture.py --from-model to draw the figures)
     "MountainCar-v0-lecture": dict(
-        steps=500_000, eval_freq=50_000, reference="lecture's notebook", algorithms=["sarsa-sampled"]
+        steps=500_000, eval_freq=50_000, reference="lecture's notebook", algorithms=["sarsa-sampled"], save_model=True
     ),
 }
 
@@ -70,7 +71,7 @@ def make_env(task: str) -> gym.Env:
 def hyperparameters_of(task: str) -> dict[str, Any]:
     """The keywords both algorithms get on ``task`` (DeepSARSA's ``next_action`` comes from the algorithm's name)."""
     if task == "MountainCar-v0-lecture":
-        return {key: value for key, value in LECTURE_MOUNTAIN_CAR.items() if key != "next_action"}
+        return {key: value for key, value in LECTURE_MOUNTAIN_CAR.items() if key not in ("next_action", "loss")}
     if task in RL_ZOO_DQN:
         return rl_zoo_dqn(task)
     hyperparameters = preset(task).hyperparameters
@@ -148,6 +149,8 @@ def run_job(job: tuple[str, str, int, int, Path]) -> Path:
     }
     path = job_path(runs, task, algorithm, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.get("save_model"):
+        model.save(path.with_suffix(".zip"))
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(result, indent=1))
     temporary.replace(path)

@@ -9,6 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import harness
 
+from deep_sarsa import DeepSARSA
+
 
 def test_job_report_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(harness.TASKS, "CartPole-v1", dict(steps=512, eval_freq=256, reference="rl-zoo DQN 500"))
@@ -48,7 +50,14 @@ def test_taxi_jobs_use_masks_for_deep_sarsa_only(tmp_path: Path, monkeypatch: py
     assert evaluated == ["evaluate_policy", "evaluate_masked_policy"]
 
 
-def test_the_lecture_task_runs_deep_sarsa_only() -> None:
+def test_the_lecture_task_runs_deep_sarsa_only_and_keeps_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        harness.TASKS, "MountainCar-v0-lecture", dict(harness.TASKS["MountainCar-v0-lecture"], steps=400, eval_freq=400)
+    )
+    path = harness.run_job(("MountainCar-v0-lecture", "sarsa-sampled", 0, 1, tmp_path))
+    result = json.loads(path.read_text())
+    assert result["steps"] == 400 and result["hyperparameters"]["target_update_interval"] == "(10, 'episode')"
+    assert DeepSARSA.load(path.with_suffix(".zip")).policy.optimizer.__class__.__name__ == "AdamW"
     args = harness.argparse.Namespace(
         tasks=["MountainCar-v0-lecture"], algorithms=harness.ALGORITHMS, seeds=2, episodes=1, runs=Path("runs")
     )
