@@ -38,6 +38,12 @@ class SaveOnInterrupt(BaseCallback):
         self._previous_handler = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not getattr(self.model, "_learning", False):
+            # learn() ended with an error before _on_training_end could put the previous handler
+            # back: do it now, and let that handler have this Ctrl-C
+            signal.signal(signal.SIGINT, self._previous_handler)
+            signal.raise_signal(signal.SIGINT)
+            return
         self.interrupted = True
         self.model.request_stop()  # type: ignore[attr-defined]
         # A second Ctrl-C goes to the previous handler (KeyboardInterrupt by default)

@@ -387,6 +387,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         self.check_finite = check_finite
         self.flush_denormal = flush_denormal
         self._stop_requested = False
+        self._learning = False
         # Whether the current env is masked (set by `learn()`), and the masks of its current states
         self._masking = False
         self._last_masks: np.ndarray | None = None
@@ -771,14 +772,18 @@ class DeepSARSA(OffPolicyAlgorithm):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfDeepSARSA:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+        self._learning = True  # read by callbacks.SaveOnInterrupt
+        try:
+            return super().learn(
+                total_timesteps=total_timesteps,
+                callback=callback,
+                log_interval=log_interval,
+                tb_log_name=tb_log_name,
+                reset_num_timesteps=reset_num_timesteps,
+                progress_bar=progress_bar,
+            )
+        finally:
+            self._learning = False
 
     def save(
         self,
@@ -844,7 +849,7 @@ class DeepSARSA(OffPolicyAlgorithm):
             raise
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "q_net", "q_net_target", "_policy_parameters"]
+        return [*super()._excluded_save_params(), "q_net", "q_net_target", "_policy_parameters", "_learning"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "policy.optimizer"]

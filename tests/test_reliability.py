@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,22 @@ def test_ctrl_c_with_save_on_interrupt_stops_cleanly_and_saves(tmp_path: Path) -
     assert loaded.replay_buffer is not None and loaded.replay_buffer.size() == 140
     resumed = resume(tmp_path)
     assert resumed.num_timesteps == 1000
+
+
+def test_ctrl_c_after_a_failed_learn_with_save_on_interrupt_is_a_keyboard_interrupt_again(tmp_path: Path) -> None:
+    class Fail(BaseCallback):
+        def _on_step(self) -> bool:
+            raise RuntimeError("boom")
+
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", **FAST)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="boom"):
+        model.learn(100, callback=[SaveOnInterrupt(tmp_path), Fail()])
+    # SaveOnInterrupt's handler is still installed (no _on_training_end), but hands the signal back
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the signal is handled at the next bytecode; never reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not (tmp_path / "model.zip").exists()
 
 
 def test_ctrl_c_without_the_callback_leaves_a_usable_model(tmp_path: Path) -> None:
