@@ -182,6 +182,18 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert DeepSARSA.load(tmp_path / "model.zip").num_timesteps == 100
 
 
+@pytest.fixture
+def python_sigint() -> Any:
+    """
+    Python's own SIGINT handler for the test, the previous disposition afterwards. A process
+    started in the background by a shell without job control (``pytest ... &``, some CI runners)
+    inherits SIGINT *ignored*, and then Python does not install its KeyboardInterrupt handler.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class InterruptAt(BaseCallback):
     """Sends this process a SIGINT (a Ctrl-C) at one step."""
 
@@ -195,7 +207,7 @@ class InterruptAt(BaseCallback):
         return True
 
 
-def test_ctrl_c_with_save_on_interrupt_stops_cleanly_and_saves(tmp_path: Path) -> None:
+def test_ctrl_c_with_save_on_interrupt_stops_cleanly_and_saves(tmp_path: Path, python_sigint: None) -> None:
     handler = signal.getsignal(signal.SIGINT)
     model = DeepSARSA("MlpPolicy", "CartPole-v1", **FAST)  # type: ignore[arg-type]
     model.learn(1000, callback=[InterruptAt(137), SaveOnInterrupt(tmp_path)])
@@ -209,7 +221,9 @@ def test_ctrl_c_with_save_on_interrupt_stops_cleanly_and_saves(tmp_path: Path) -
     assert resumed.num_timesteps == 1000
 
 
-def test_ctrl_c_after_a_failed_learn_with_save_on_interrupt_is_a_keyboard_interrupt_again(tmp_path: Path) -> None:
+def test_ctrl_c_after_a_failed_learn_with_save_on_interrupt_is_a_keyboard_interrupt_again(
+    tmp_path: Path, python_sigint: None
+) -> None:
     class Fail(BaseCallback):
         def _on_step(self) -> bool:
             raise RuntimeError("boom")
@@ -225,16 +239,10 @@ def test_ctrl_c_after_a_failed_learn_with_save_on_interrupt_is_a_keyboard_interr
     assert not (tmp_path / "model.zip").exists()
 
 
-def test_ctrl_c_without_the_callback_leaves_a_usable_model(tmp_path: Path) -> None:
+def test_ctrl_c_without_the_callback_leaves_a_usable_model(tmp_path: Path, python_sigint: None) -> None:
     model = DeepSARSA("MlpPolicy", "CartPole-v1", **FAST)  # type: ignore[arg-type]
-    # Python's own handler, installed again: a library loaded by an earlier test in this process
-    # may have replaced it at the C level, where signal.getsignal does not see it
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            model.learn(1000, callback=InterruptAt(90))
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        model.learn(1000, callback=InterruptAt(90))
     action, _ = model.predict(np.zeros(4, dtype=np.float32), deterministic=True)
     assert action in (0, 1)
     model.save(tmp_path / "after_interrupt")
