@@ -29,8 +29,9 @@ def sample_with_indices(
 
     SB3's ``_get_samples`` draws the env column of each row itself, with one call to NumPy's
     global generator, and does not return it. To learn it without rewriting SB3's sampling,
-    the generator's state is saved before that call and the same draw is made again afterwards.
-    The generator ends in the state that a plain ``buffer.sample`` leaves it in, so training
+    the same draw is made first and the generator's state put back before that call (with one
+    env the draw consumes no random numbers and is skipped). The generator ends in the state
+    that a plain ``buffer.sample`` leaves it in, so training
     with this function consumes random numbers exactly as SB3 does.
 
     :param buffer: an SB3 ``ReplayBuffer``, ``DictReplayBuffer`` or ``NStepReplayBuffer``
@@ -44,13 +45,14 @@ def sample_with_indices(
     else:
         upper_bound = buffer.buffer_size if buffer.full else buffer.pos
         batch_inds = np.random.randint(0, upper_bound, size=batch_size)
+    if buffer.n_envs == 1:
+        # One env: SB3's draw of the env column (randint(0, 1)) consumes no random numbers
+        return buffer._get_samples(batch_inds, env=env), batch_inds, np.zeros(len(batch_inds), dtype=np.int64)
+    # Peek: draw the env column as _get_samples is about to, then put the generator back for it
     state_before = np.random.get_state()
-    samples = buffer._get_samples(batch_inds, env=env)
-    state_after = np.random.get_state()
-    np.random.set_state(state_before)
     env_indices = np.random.randint(0, high=buffer.n_envs, size=(len(batch_inds),))
-    np.random.set_state(state_after)
-    return samples, batch_inds, env_indices
+    np.random.set_state(state_before)
+    return buffer._get_samples(batch_inds, env=env), batch_inds, env_indices
 
 
 def _episode_boundary(buffer: ReplayBuffer) -> np.ndarray:

@@ -117,8 +117,9 @@ def test_stored_next_action_property(n_envs: int, rows: int, n_steps: int, data:
     np.testing.assert_array_equal(samples.next_observations.numpy(), buffer.next_observations[last_rows, env_indices])  # type: ignore[union-attr]
 
 
-def test_sample_with_indices_samples_and_consumes_randomness_like_sample() -> None:
-    buffer = ReplayBuffer(40, OBS_SPACE, ACTION_SPACE, n_envs=4)
+@pytest.mark.parametrize("n_envs", [1, 4])
+def test_sample_with_indices_samples_and_consumes_randomness_like_sample(n_envs: int) -> None:
+    buffer = ReplayBuffer(40, OBS_SPACE, ACTION_SPACE, n_envs=n_envs)
     fill(buffer, 17, np.random.default_rng(0))
     np.random.seed(3)
     plain = buffer.sample(16)
