@@ -20,7 +20,7 @@ import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -56,11 +56,25 @@ TASKS: dict[str, dict[str, Any]] = {
     "MountainCar-v0-lecture": dict(
         steps=500_000, eval_freq=50_000, reference="lecture's notebook", algorithms=["sarsa-sampled"], save_model=True
     ),
+    # ... and with the notebook's reading of the 200-step limit: truncation taken as termination
+    "MountainCar-v0-lecture-timeout-terminal": dict(
+        steps=500_000, eval_freq=50_000, reference="lecture's notebook", algorithms=["sarsa-sampled"], save_model=True
+    ),
 }
+
+
+class TimeLimitAsTermination(gym.Wrapper):
+    """Reports a time-limit truncation as a termination, as the lecture's notebook reads ``done``."""
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        return observation, reward, terminated or truncated, False, info
 
 
 def make_env(task: str) -> gym.Env:
     """The task's env, with a Monitor: Taxi with its action masks, CliffWalking with a 200-step limit."""
+    if task == "MountainCar-v0-lecture-timeout-terminal":
+        return Monitor(TimeLimitAsTermination(gym.make("MountainCar-v0")))
     if task == "Taxi-v4":
         return ActionMasker(Monitor(gym.make("Taxi-v4")), toy_text_action_mask)
     if task == "CliffWalking-v1":
@@ -70,7 +84,7 @@ def make_env(task: str) -> gym.Env:
 
 def hyperparameters_of(task: str) -> dict[str, Any]:
     """The keywords both algorithms get on ``task`` (DeepSARSA's ``next_action`` comes from the algorithm's name)."""
-    if task == "MountainCar-v0-lecture":
+    if task.startswith("MountainCar-v0-lecture"):
         return {key: value for key, value in LECTURE_MOUNTAIN_CAR.items() if key not in ("next_action", "loss")}
     if task in RL_ZOO_DQN:
         return rl_zoo_dqn(task)
