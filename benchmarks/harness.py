@@ -20,7 +20,7 @@ import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, SupportsFloat
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -36,6 +36,7 @@ from stable_baselines3.common.monitor import Monitor
 from deep_sarsa import DeepSARSA
 from deep_sarsa.masking import toy_text_action_mask
 from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR, RL_ZOO_DQN, preset, rl_zoo_dqn
+from deep_sarsa.wrappers import TimeLimitAsTermination
 
 RUNS = Path(__file__).parent / "runs"
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
@@ -61,14 +62,6 @@ TASKS: dict[str, dict[str, Any]] = {
         steps=500_000, eval_freq=50_000, reference="lecture's notebook", algorithms=["sarsa-sampled"], save_model=True
     ),
 }
-
-
-class TimeLimitAsTermination(gym.Wrapper):
-    """Reports a time-limit truncation as a termination, as the lecture's notebook reads ``done``."""
-
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        observation, reward, terminated, truncated, info = self.env.step(action)
-        return observation, reward, terminated or truncated, False, info
 
 
 def make_env(task: str) -> gym.Env:
