@@ -93,7 +93,8 @@ def main() -> None:
     timesteps = 1_200 if args.smoke else args.timesteps
 
     paths = {}
-    for name, algorithm in [("DQN (Q-learning)", "dqn"), ("DeepSARSA (expected)", "sarsa")]:
+    sarsa = f"DeepSARSA ({preset('CliffWalking-v1').hyperparameters['next_action']})"
+    for name, algorithm in [("DQN (Q-learning)", "dqn"), (sarsa, "sarsa")]:
         path, total = greedy_path(train(algorithm, timesteps, args.seed))
         paths[name] = (path, total)
         print(f"{name}: greedy path of {len(path) - 1} steps, return {total:.0f}")
