@@ -74,14 +74,14 @@ def parse_hyperparameters(pairs: Sequence[str]) -> dict[str, Any]:
             raise UsageError(f"--hyperparams takes key=value pairs, got {pair!r}")
         if key not in HYPERPARAMETERS:
             raise UsageError(f"unknown hyperparameter {key!r}; valid ones: {', '.join(HYPERPARAMETERS)}")
-        result[key] = _literal(text)
+        result[key] = _literal(text, key)
     return result
 
 
-def _literal(text: str) -> Any:
+def _literal(text: str, key: str) -> Any:
     if text.startswith("dict(") and text.endswith(")"):
         try:
-            return parse_policy_kwargs(text)
+            return parse_policy_kwargs(text, key)
         except ValueError as error:
             raise UsageError(str(error)) from error
     try:

@@ -118,12 +118,13 @@ class Preset(NamedTuple):
     hyperparameters: dict[str, Any]
 
 
-def parse_policy_kwargs(text: str) -> dict[str, Any]:
+def parse_policy_kwargs(text: str, name: str = "policy_kwargs") -> dict[str, Any]:
     """
     Parse rl-zoo's ``policy_kwargs`` string, ``"dict(net_arch=[256, 256])"``, without ``eval``:
     only literal values (numbers, strings, lists, tuples, dicts) are accepted.
 
     :param text: the string
+    :param name: the hyperparameter it is the value of, for the error message
     :return: the keyword arguments
     """
     try:
@@ -132,7 +133,7 @@ def parse_policy_kwargs(text: str) -> dict[str, Any]:
             raise ValueError("expected dict(key=value, ...)")
         return {str(keyword.arg): ast.literal_eval(keyword.value) for keyword in call.keywords}
     except (ValueError, SyntaxError) as error:
-        raise ValueError(f"policy_kwargs must be a literal 'dict(key=value, ...)', got {text!r}: {error}") from error
+        raise ValueError(f"{name} must be a literal 'dict(key=value, ...)', got {text!r}: {error}") from error
 
 
 def load_presets(path: str | Path = PRESETS_FILE) -> dict[str, Preset]:

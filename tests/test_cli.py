@@ -162,3 +162,8 @@ def test_console_script_is_installed() -> None:
     out = subprocess.run([executable, "--help"], capture_output=True, text=True, check=True).stdout
     assert "train" in out and "evaluate" in out and "enjoy" in out and "plot" in out
     assert subprocess.run([executable, "train"], capture_output=True, text=True).returncode == 2  # argparse usage
+
+
+def test_a_non_literal_dict_value_names_its_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "CartPole-v1", "--hyperparams", "replay_buffer_kwargs=dict(x=foo)"]) == 2
+    assert "replay_buffer_kwargs must be a literal 'dict(key=value, ...)'" in capsys.readouterr().err
