@@ -244,6 +244,9 @@ def report(args: argparse.Namespace) -> None:
     for row, task in enumerate(tasks):
         for column, variant in enumerate(variants):
             axis = axes[row][column]
+            if not runs_of(task, variant):
+                axis.axis("off")  # this variant did not run on this task
+                continue
             for algorithm in ("dqn", variant):
                 runs = runs_of(task, algorithm)
                 if not runs:
