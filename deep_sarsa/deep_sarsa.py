@@ -141,6 +141,26 @@ def _clip_grad_norm(grads: list[th.Tensor], max_norm: float) -> None:
     th._foreach_mul_(grads, th.clamp(max_norm / (total_norm + 1e-6), max=1.0))
 
 
+def _training_mode_modules(policy: DQNPolicy) -> list[th.nn.Module] | None:
+    """
+    The modules whose ``training`` flag ``policy.set_training_mode`` sets, where setting the flags
+    directly does the same: SB3's ``DQNPolicy.set_training_mode`` (the policy and its online
+    network; the target network stays in evaluation mode) over modules that all keep
+    ``nn.Module.train``. ``None`` for anything else (a custom ``train``, say), which then goes
+    through ``set_training_mode`` itself.
+
+    :param policy: the policy
+    :return: the modules, or None
+    """
+    modules = [policy, *policy.q_net.modules()]
+    plain = (
+        type(policy).set_training_mode is DQNPolicy.set_training_mode
+        and type(policy.q_net).set_training_mode is BasePolicy.set_training_mode
+        and all(type(module).train is th.nn.Module.train for module in modules)
+    )
+    return modules if plain else None
+
+
 class NonFiniteError(ValueError):
     """An observation or a reward from the env was NaN or infinite."""
 
@@ -158,11 +178,15 @@ def _check_finite(
     :param step: the number of env steps so far, this one included
     """
     observations = [obs for obs in (new_obs.values() if isinstance(new_obs, dict) else [new_obs]) if obs.dtype.kind == "f"]
-    # Fast path for the common step: a finite sum means every term is finite (NaN and inf propagate)
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = float(np.sum(reward)) + sum(float(obs.sum()) for obs in observations)
-    if not np.any(dones) and math.isfinite(total):
-        return
+    # Fast path for the common step: a finite sum means every term is finite (NaN and inf propagate).
+    # Few NumPy calls: this runs at every env step, where it cost up to 18 µs (benchmarks/RESULTS.md)
+    if not dones.any():
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(reward.sum(dtype=np.float64))
+            for obs in observations:
+                total += float(obs.sum(dtype=np.float64))
+        if math.isfinite(total):
+            return
     bad_envs = ~np.isfinite(np.asarray(reward, dtype=np.float64))
     what = "reward"
     if not bad_envs.any():
@@ -458,6 +482,20 @@ class DeepSARSA(OffPolicyAlgorithm):
         self.q_net_target = self.policy.q_net_target
         # Listed once: walking the modules for them at every gradient step costs ~5% of train()
         self._policy_parameters = list(self.policy.parameters())
+        self._mode_modules = _training_mode_modules(self.policy)
+
+    def _set_training_mode(self, mode: bool) -> None:
+        """
+        ``self.policy.set_training_mode(mode)``; for SB3's policies the flags are set directly,
+        as ``nn.Module.train`` sets them (1 µs instead of 18 µs walking the modules).
+
+        :param mode: True for training mode, False for evaluation mode
+        """
+        if self._mode_modules is None:
+            self.policy.set_training_mode(mode)
+            return
+        for module in self._mode_modules:
+            module.training = mode
 
     def _setup_learn(
         self,
@@ -700,7 +738,7 @@ class DeepSARSA(OffPolicyAlgorithm):
     def _train(self, gradient_steps: int, batch_size: int) -> None:
         """``train``'s work: ``gradient_steps`` updates on minibatches of ``batch_size``."""
         # Switch to train mode (this affects batch norm / dropout)
-        self.policy.set_training_mode(True)
+        self._set_training_mode(True)
         # Update learning rate according to schedule
         self._update_learning_rate(self.policy.optimizer)
 
@@ -726,8 +764,10 @@ class DeepSARSA(OffPolicyAlgorithm):
                 losses.append(loss.detach())
                 q_means.append(th.gather(current_q_values.detach(), 1, replay_data.actions.long()).mean())
 
-                # Optimize the policy
-                self.policy.optimizer.zero_grad()
+                # Optimize the policy. The gradients are reset as optimizer.zero_grad() resets them
+                # (set to None), without its per-call profiler scope: ~50 µs a step in this loop
+                for param in self._policy_parameters:
+                    param.grad = None
                 loss.backward()
                 # Clip gradient norm
                 _clip_grad_norm([p.grad for p in self._policy_parameters if p.grad is not None], self.max_grad_norm)
@@ -871,7 +911,7 @@ class DeepSARSA(OffPolicyAlgorithm):
             raise
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "q_net", "q_net_target", "_policy_parameters", "_learning"]
+        return [*super()._excluded_save_params(), "q_net", "q_net_target", "_policy_parameters", "_mode_modules", "_learning"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "policy.optimizer"]

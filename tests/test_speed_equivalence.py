@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.dqn import DQN
 
 from deep_sarsa import DeepSARSA
@@ -161,3 +162,36 @@ def test_rollout_actions_match_dqn_predict() -> None:
         plain = [DQN.predict(model, obs, deterministic=False)[0] for obs in observations]  # type: ignore[arg-type]
         np.testing.assert_array_equal(np.concatenate(fast), np.concatenate(plain))
         assert np.random.rand() == next_fast  # the same random numbers were drawn
+
+
+def test_training_mode_switch_sets_the_flags_sb3_sets() -> None:
+    """``_set_training_mode`` (flags set directly) leaves every module as SB3's ``set_training_mode`` does."""
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), device="cpu")
+    reference = copy.deepcopy(model.policy)
+    assert model._mode_modules is not None  # SB3's own policy: the direct path is taken
+    for mode in (True, False, True, False):
+        model._set_training_mode(mode)
+        reference.set_training_mode(mode)
+        assert [module.training for module in model.policy.modules()] == [module.training for module in reference.modules()]
+        assert model.q_net.q_net[0].training is mode and model.policy.training is mode
+        assert not model.q_net_target.training  # the target network stays in evaluation mode
+
+
+class ModeRecordingExtractor(FlattenExtractor):
+    """A features extractor with its own ``train()``, which must be called."""
+
+    modes: list[bool] = []
+
+    def train(self, mode: bool = True) -> "ModeRecordingExtractor":
+        ModeRecordingExtractor.modes.append(mode)
+        return super().train(mode)
+
+
+def test_a_module_with_its_own_train_goes_through_set_training_mode() -> None:
+    ModeRecordingExtractor.modes.clear()
+    policy_kwargs = dict(net_arch=[8], features_extractor_class=ModeRecordingExtractor)
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, learning_starts=10, train_freq=5, device="cpu")
+    assert model._mode_modules is None
+    model.learn(30)
+    assert True in ModeRecordingExtractor.modes and False in ModeRecordingExtractor.modes
+    assert not model.q_net_target.training
