@@ -495,7 +495,8 @@ class DeepSARSA(OffPolicyAlgorithm):
             self.policy.set_training_mode(mode)
             return
         for module in self._mode_modules:
-            module.training = mode
+            # What nn.Module.__setattr__ does for a plain attribute, without its checks
+            object.__setattr__(module, "training", mode)
 
     def _setup_learn(
         self,
