@@ -313,7 +313,8 @@ class DeepSARSA(OffPolicyAlgorithm):
         units) decay through the denormal range, where x86 CPUs compute many times slower; on
         CartPole with rl-zoo's settings this makes the optimizer step about 3x faster
         (``benchmarks/results/throughput.md``). Results change only by values below 1e-38.
-        It applies to the calling thread (all of the work with one torch thread). ``False``
+        It applies to the calling thread (all of the work with one torch thread; with more,
+        PyTorch's worker threads keep computing denormals and the gain shrinks). ``False``
         leaves the mode alone. (SB3's DQN gets the same speed-up from ``torch.set_flush_denormal(True)``.)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
