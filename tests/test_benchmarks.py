@@ -5,10 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch as th
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import harness
 
+import deep_sarsa.deep_sarsa as deep_sarsa_module
 from deep_sarsa import DeepSARSA
 
 
@@ -63,3 +65,19 @@ def test_the_lecture_task_runs_deep_sarsa_only_and_keeps_the_model(tmp_path: Pat
     )
     assert [(job[1], job[2]) for job in harness.jobs_of(args)] == [("sarsa-sampled", 0), ("sarsa-sampled", 1)]
     assert harness.hyperparameters_of("MountainCar-v0-lecture")["target_update_interval"] == (10, "episode")
+
+
+def test_the_speed_scripts_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """``throughput.py`` and ``profile_step.py`` on a few steps past learning_starts (1000), so that they do not rot."""
+    import profile_step
+    import throughput
+
+    backward, clip = th.Tensor.backward, deep_sarsa_module._clip_grad_norm
+    wall, cpu = throughput.steps_per_second("sarsa-stored", "step", 1040, seed=0)
+    assert wall > 0 and cpu > 0
+    profile_step.profile("deep_sarsa", "expected", warm_steps=1000, steps=40)
+    profile_step.profile("dqn", "sampled", warm_steps=1000, steps=40)
+    out = capsys.readouterr().out
+    assert "DeepSARSA (expected): 40 env steps, 10 gradient steps" in out and "SB3 DQN: 40 env steps" in out
+    assert "_target_q_values" in out and "optimizer step" in out
+    assert th.Tensor.backward is backward and deep_sarsa_module._clip_grad_norm is clip  # the timers were taken off again
