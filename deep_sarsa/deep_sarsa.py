@@ -179,7 +179,7 @@ def _check_finite(
     """
     observations = [obs for obs in (new_obs.values() if isinstance(new_obs, dict) else [new_obs]) if obs.dtype.kind == "f"]
     # Fast path for the common step: a finite sum means every term is finite (NaN and inf propagate).
-    # Few NumPy calls: this runs at every env step, where it cost up to 18 µs (benchmarks/RESULTS.md)
+    # Few NumPy calls: this runs at every env step, where it cost 18 µs (benchmarks/results/throughput.md)
     if not dones.any():
         with np.errstate(over="ignore", invalid="ignore"):
             total = float(reward.sum(dtype=np.float64))
