@@ -20,12 +20,12 @@ from typing import Any
 import torch as th
 from stable_baselines3 import DQN
 from stable_baselines3.common.vec_env import DummyVecEnv
+from throughput import SETTINGS
 
 import deep_sarsa.deep_sarsa as deep_sarsa_module
 from deep_sarsa import DeepSARSA
-from deep_sarsa.presets import rl_zoo_dqn
 
-STEP = dict(rl_zoo_dqn("CartPole-v1"), train_freq=4, gradient_steps=1)
+STEP = SETTINGS["step"]
 
 
 def timer(function: Callable[..., Any], totals: dict[str, float], label: str) -> Callable[..., Any]:
