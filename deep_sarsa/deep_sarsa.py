@@ -1,12 +1,10 @@
-import contextlib
 import io
 import json
-import math
 import os
 import pathlib
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import gymnasium as gym
@@ -34,8 +32,10 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.dqn import DQN
 from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy, QNetwork
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
+from torch.optim import optimizer as th_optimizer
 
 from deep_sarsa.buffers import actions_after, bootstrap_rows, mark_newest_rows_truncated, sample_with_indices, terminated
+from deep_sarsa.forward import DirectForward
 from deep_sarsa.masking import attach_masks, check_action_masks, masks_of, sample_valid_actions
 from deep_sarsa.targets import (
     LossName,
@@ -103,27 +103,13 @@ def _with_fused_adam(policy_kwargs: dict[str, Any], device: th.device) -> dict[s
     return {**policy_kwargs, "optimizer_kwargs": {**optimizer_kwargs, "fused": True}}
 
 
+#: A denormal float32: it counts as zero in flush-denormal mode
+_DENORMAL = th.tensor([1e-39], dtype=th.float32)
+
+
 def _flushes_denormals() -> bool:
     """Whether this thread flushes denormal floats to zero (PyTorch has a setter but no getter)."""
-    return th.tensor([1e-39], dtype=th.float32).mul(1.0).item() == 0.0
-
-
-@contextlib.contextmanager
-def _flush_denormal(enabled: bool) -> Iterator[None]:
-    """
-    Turn PyTorch's flush-denormal mode on inside the block (if ``enabled``) and back to what it
-    was afterwards.
-
-    :param enabled: whether to turn it on; ``False`` leaves the mode alone
-    """
-    before = _flushes_denormals() if enabled else True
-    if not before:
-        th.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if not before:
-            th.set_flush_denormal(False)
+    return _DENORMAL.mul(1.0).item() == 0.0
 
 
 def _clip_grad_norm(grads: list[th.Tensor], max_norm: float) -> None:
@@ -139,6 +125,30 @@ def _clip_grad_norm(grads: list[th.Tensor], max_norm: float) -> None:
         return
     total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2.0)), 2.0)
     th._foreach_mul_(grads, th.clamp(max_norm / (total_norm + 1e-6), max=1.0))
+
+
+def _optimizer_step(optimizer: th.optim.Optimizer) -> None:
+    """
+    ``optimizer.step()``. PyTorch wraps every optimizer's ``step`` in a function that runs the step
+    hooks inside a profiler scope (``record_function``); where there is nothing for it to do (no
+    hook registered, global or on this optimizer, and no profiler running), the step itself is
+    called, which saves ~50 µs per gradient step for a small MLP (``benchmarks/results/throughput.md``).
+    The update is the same (``tests/test_speed_equivalence.py``).
+
+    :param optimizer: the optimizer
+    """
+    step = getattr(type(optimizer).step, "__wrapped__", None)
+    if (
+        step is None
+        or optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or th_optimizer._global_optimizer_pre_hooks
+        or th_optimizer._global_optimizer_post_hooks
+        or th.autograd._profiler_enabled()
+    ):
+        optimizer.step()
+    else:
+        step(optimizer)
 
 
 def _training_mode_modules(policy: DQNPolicy) -> list[th.nn.Module] | None:
@@ -161,6 +171,16 @@ def _training_mode_modules(policy: DQNPolicy) -> list[th.nn.Module] | None:
     return modules if plain else None
 
 
+def _mean(values: list[th.Tensor]) -> float:
+    """
+    The mean of scalar tensors, as a float (one host synchronisation).
+
+    :param values: at least one scalar tensor
+    :return: their mean (the value itself for one: no stack and mean, which cost more than the value)
+    """
+    return values[0].item() if len(values) == 1 else th.stack(values).mean().item()
+
+
 class NonFiniteError(ValueError):
     """An observation or a reward from the env was NaN or infinite."""
 
@@ -178,14 +198,13 @@ def _check_finite(
     :param step: the number of env steps so far, this one included
     """
     observations = [obs for obs in (new_obs.values() if isinstance(new_obs, dict) else [new_obs]) if obs.dtype.kind == "f"]
-    # Fast path for the common step: a finite sum means every term is finite (NaN and inf propagate).
-    # Few NumPy calls: this runs at every env step, where it cost 18 µs (benchmarks/results/throughput.md)
-    if not dones.any():
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = float(reward.sum(dtype=np.float64))
-            for obs in observations:
-                total += float(obs.sum(dtype=np.float64))
-        if math.isfinite(total):
+    # Fast path for the common step (no episode ended, all finite): few NumPy calls, as this runs at
+    # every env step, where it cost 18 µs (benchmarks/results/throughput.md)
+    if not dones.any() and np.isfinite(reward).all():
+        for obs in observations:
+            if not np.isfinite(obs).all():
+                break
+        else:
             return
     bad_envs = ~np.isfinite(np.asarray(reward, dtype=np.float64))
     what = "reward"
@@ -483,7 +502,12 @@ class DeepSARSA(OffPolicyAlgorithm):
         self.q_net_target = self.policy.q_net_target
         # Listed once: walking the modules for them at every gradient step costs ~5% of train()
         self._policy_parameters = list(self.policy.parameters())
+        self._online_parameters = list(self.q_net.parameters())
+        self._target_parameters = list(self.q_net_target.parameters())
         self._mode_modules = _training_mode_modules(self.policy)
+        # Forward passes without nn.Module.__call__'s dispatch where that computes the same (deep_sarsa.forward)
+        self._online_forward = DirectForward(self.q_net)
+        self._target_forward = DirectForward(self.q_net_target)
 
     def _set_training_mode(self, mode: bool) -> None:
         """
@@ -510,6 +534,8 @@ class DeepSARSA(OffPolicyAlgorithm):
         self._stop_requested = False
         last_obs = self._last_obs
         result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        # What is cached from the networks is read again: they may have been changed since the set-up
+        self._create_aliases()
         if self._last_obs is not last_obs and self.replay_buffer is not None:
             # The envs were reset: the episodes of the newest rows will never continue
             mark_newest_rows_truncated(self.replay_buffer)
@@ -562,7 +588,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         else:
             obs_tensor, _ = self.policy.obs_to_tensor(observation)
         with th.no_grad():
-            q_values = self.q_net(obs_tensor)
+            q_values = self._online_forward(obs_tensor)
         mask_tensor = None if masks is None else th.as_tensor(masks, device=self.device)
         return greedy_actions(q_values, mask_tensor).cpu().numpy()
 
@@ -615,10 +641,29 @@ class DeepSARSA(OffPolicyAlgorithm):
         if self._stop_requested:
             self._stop_requested = False
             return RolloutReturn(0, 0, continue_training=False)
-        return super().collect_rollouts(env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval)
+        # SB3's collect_rollouts starts with policy.set_training_mode(False), which walks the modules
+        # (~20 µs, once per rollout: ~5 µs per env step with train_freq=4); for SB3's own policies the
+        # direct write sets the same flags (see _set_training_mode)
+        direct = self._mode_modules is not None
+        if direct:
+            self.policy.set_training_mode = self._set_training_mode  # type: ignore[method-assign]
+        try:
+            return super().collect_rollouts(
+                env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval
+            )
+        finally:
+            if direct:
+                del self.policy.set_training_mode
 
     def _update_target_network(self) -> None:
-        polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
+        if self.tau == 1.0:
+            # A hard update: polyak_update with tau=1 computes 0·target + param, the same numbers
+            # as a copy (and a copy also replaces a NaN or inf in the target), in twice the operations
+            with th.no_grad():
+                for target, param in zip(self._target_parameters, self._online_parameters, strict=True):
+                    target.copy_(param)
+        else:
+            polyak_update(self._online_parameters, self._target_parameters, self.tau)
         # Copy running stats, see SB3 GH issue #996
         polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
 
@@ -693,16 +738,17 @@ class DeepSARSA(OffPolicyAlgorithm):
             # A row whose s' mask is unknown (cut by a time limit, env reset since) does not bootstrap
             dones = th.maximum(dones, (~next_state.masks_known).to(dones.dtype))
         if next_q_target is None:
-            next_q_target = self.q_net_target(replay_data.next_observations)
+            next_q_target = self._target_forward(replay_data.next_observations)
         if self.next_action == "expected":
-            probs = epsilon_greedy_probs(self.q_net(replay_data.next_observations), self.exploration_rate, next_state.masks)
+            next_q_online = self._online_forward(replay_data.next_observations)
+            probs = epsilon_greedy_probs(next_q_online, self.exploration_rate, next_state.masks)
             return expected_sarsa_target(replay_data.rewards, dones, discounts, next_q_target, probs)
         stored_actions = next_state.stored_actions
         if stored_actions is not None and next_state.all_stored:
             next_actions = stored_actions
         else:
             next_actions = sample_epsilon_greedy(
-                self.q_net(replay_data.next_observations), self.exploration_rate, next_state.masks
+                self._online_forward(replay_data.next_observations), self.exploration_rate, next_state.masks
             )
             if stored_actions is not None:
                 next_actions = th.where(stored_actions >= 0, stored_actions, next_actions)
@@ -720,22 +766,29 @@ class DeepSARSA(OffPolicyAlgorithm):
         """
         first = next_observations[0]
         if len(next_observations) == 1:
-            return [self.q_net_target(first)]
+            return [self._target_forward(first)]
         sizes = [len(next(iter(obs.values())) if isinstance(obs, dict) else obs) for obs in next_observations]
         joined: th.Tensor | dict[str, th.Tensor]
         if isinstance(first, dict):
             joined = {key: th.cat([obs[key] for obs in next_observations]) for key in first}  # type: ignore[index]
         else:
             joined = th.cat(next_observations)  # type: ignore[arg-type]
-        return list(self.q_net_target(joined).split(sizes))
+        return list(self._target_forward(joined).split(sizes))
 
     def _minibatches_per_pass(self, batch_size: int) -> int:
         """How many minibatches share a target-network pass: up to ``2**22`` observation numbers (16 MB)."""
         return max(1, 2**22 // max(1, spaces.flatdim(self.observation_space) * batch_size))
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
-        with _flush_denormal(self.flush_denormal):
+        # Flush-denormal mode on for the update (``flush_denormal``), and back to the user's afterwards
+        switch = self.flush_denormal and not _flushes_denormals()
+        if switch:
+            th.set_flush_denormal(True)
+        try:
             self._train(gradient_steps, batch_size)
+        finally:
+            if switch:
+                th.set_flush_denormal(False)
 
     def _train(self, gradient_steps: int, batch_size: int) -> None:
         """``train``'s work: ``gradient_steps`` updates on minibatches of ``batch_size``."""
@@ -761,7 +814,7 @@ class DeepSARSA(OffPolicyAlgorithm):
                         fallbacks.append((next_state.stored_actions < 0).float().mean())
 
                 # Q-values of every action in s; the loss reads only the taken action's entry
-                current_q_values = self.q_net(replay_data.observations)
+                current_q_values = self._online_forward(replay_data.observations)
                 loss = td_loss(current_q_values, replay_data.actions, target_q_values, self.loss)
                 losses.append(loss.detach())
                 q_means.append(th.gather(current_q_values.detach(), 1, replay_data.actions.long()).mean())
@@ -773,17 +826,17 @@ class DeepSARSA(OffPolicyAlgorithm):
                 loss.backward()
                 # Clip gradient norm
                 _clip_grad_norm([p.grad for p in self._policy_parameters if p.grad is not None], self.max_grad_norm)
-                self.policy.optimizer.step()
+                _optimizer_step(self.policy.optimizer)
 
         # Increase update counter
         self._n_updates += gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if losses:
-            self.logger.record("train/loss", th.stack(losses).mean().item())
-            self.logger.record("train/q_values", th.stack(q_means).mean().item())
+            self.logger.record("train/loss", _mean(losses))
+            self.logger.record("train/q_values", _mean(q_means))
         if fallbacks:
-            self.logger.record("train/stored_fallback_fraction", th.stack(fallbacks).mean().item())
+            self.logger.record("train/stored_fallback_fraction", _mean(fallbacks))
 
     def predict(
         self,
@@ -913,7 +966,18 @@ class DeepSARSA(OffPolicyAlgorithm):
             raise
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "q_net", "q_net_target", "_policy_parameters", "_mode_modules", "_learning"]
+        return [
+            *super()._excluded_save_params(),
+            "q_net",
+            "q_net_target",
+            "_policy_parameters",
+            "_online_parameters",
+            "_target_parameters",
+            "_mode_modules",
+            "_online_forward",
+            "_target_forward",
+            "_learning",
+        ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "policy.optimizer"]

@@ -195,3 +195,150 @@ def test_a_module_with_its_own_train_goes_through_set_training_mode() -> None:
     model.learn(30)
     assert True in ModeRecordingExtractor.modes and False in ModeRecordingExtractor.modes
     assert not model.q_net_target.training
+
+
+def test_direct_forward_computes_the_network_call_and_its_gradients() -> None:
+    """``DirectForward`` on SB3's default Q-network: the same Q-values and gradients as ``q_net(obs)``, bit for bit."""
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[64, 64]), seed=0, device="cpu")
+    assert model._online_forward.layers is not None and model._target_forward.layers is not None
+    for rows in (1, 64):
+        observations = th.as_tensor(np.random.default_rng(rows).normal(size=(rows, 4)), dtype=th.float64)  # cast inside
+        direct = model._online_forward(observations)
+        direct_grads = th.autograd.grad(direct.square().sum(), list(model.q_net.parameters()))
+        called = model.q_net(observations)
+        called_grads = th.autograd.grad(called.square().sum(), list(model.q_net.parameters()))
+        assert direct.dtype == th.float32 and th.equal(direct, called)
+        assert all(th.equal(a, b) for a, b in zip(direct_grads, called_grads, strict=True))
+        with th.no_grad():
+            assert th.equal(model._target_forward(observations), model.q_net_target(observations))
+
+
+def doubling_hook(module: th.nn.Module, inputs: Any, output: th.Tensor) -> th.Tensor:
+    return output * 2
+
+
+@pytest.mark.parametrize("where", ["q_net", "features_extractor", "hidden_layer", "global"])
+def test_direct_forward_calls_the_network_where_a_hook_is_registered(where: str) -> None:
+    """A forward hook registered after the set-up, on any module of the path or globally, is honoured."""
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[16]), seed=0, device="cpu")
+    observations = th.ones(3, 4)
+    plain = model._online_forward(observations)
+    modules = {"q_net": model.q_net, "features_extractor": model.q_net.features_extractor}
+    modules["hidden_layer"] = model.q_net.q_net[0]
+    if where == "global":
+        # PyTorch types global hooks as returning None, and uses what they return like a module's
+        handle = th.nn.modules.module.register_module_forward_hook(doubling_hook)  # type: ignore[arg-type]
+    else:
+        handle = modules[where].register_forward_hook(doubling_hook)
+    try:
+        hooked = model._online_forward(observations)
+        assert th.equal(hooked, model.q_net(observations))
+        assert not th.equal(hooked, plain)  # the hook changed the result
+    finally:
+        handle.remove()
+    assert th.equal(model._online_forward(observations), plain)
+
+
+def test_direct_forward_is_only_taken_for_sb3s_default_structure() -> None:
+    """Other observations or extractors go through the network's own call (one-hot Discrete, images, a custom extractor)."""
+    policy_kwargs = dict(net_arch=[8], features_extractor_class=ModeRecordingExtractor)
+    custom = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs)
+    one_hot = DeepSARSA("MlpPolicy", "FrozenLake-v1", policy_kwargs=dict(net_arch=[8]))
+    for model in (custom, one_hot):
+        assert model._online_forward.layers is None and model._target_forward.layers is None
+    observations = th.tensor([[3.0], [5.0]])  # FrozenLake states, one-hot encoded by SB3's preprocessing
+    assert th.equal(one_hot._online_forward(observations), one_hot.q_net(observations))
+
+
+def test_training_through_the_direct_forward_is_bit_for_bit_training_through_the_network_call() -> None:
+    """
+    The same seed with and without the direct path (a global no-op hook makes every forward go
+    through ``nn.Module.__call__``): identical parameters after rollouts and updates.
+    """
+
+    def trained(force_call: bool) -> list[th.Tensor]:
+        model = DeepSARSA("MlpPolicy", "CartPole-v1", learning_starts=100, buffer_size=1000, batch_size=32, seed=3)
+        handle = th.nn.modules.module.register_module_forward_hook(lambda module, inputs, output: None) if force_call else None
+        try:
+            model.learn(400)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return [p.detach().clone() for p in model.policy.parameters()]
+
+    for direct, called in zip(trained(False), trained(True), strict=True):
+        assert th.equal(direct, called)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.3])
+def test_target_update_equals_polyak_update(tau: float) -> None:
+    """The hard update (``tau=1``) copies; both give what SB3's ``polyak_update`` gives, bit for bit."""
+    from stable_baselines3.common.utils import polyak_update
+
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", tau=tau, policy_kwargs=dict(net_arch=[8]), seed=0, device="cpu")
+    with th.no_grad():
+        for param in model.q_net.parameters():
+            param.add_(th.randn_like(param))
+    reference = copy.deepcopy(model.policy)
+    model._update_target_network()
+    polyak_update(reference.q_net.parameters(), reference.q_net_target.parameters(), tau)
+    for updated, expected in zip(model.q_net_target.parameters(), reference.q_net_target.parameters(), strict=True):
+        assert th.equal(updated, expected)
+    if tau == 1.0:
+        assert all(th.equal(a, b) for a, b in zip(model.q_net_target.parameters(), model.q_net.parameters(), strict=True))
+
+
+def test_optimizer_step_runs_hooks_and_profiler_scopes_when_there_are_any() -> None:
+    """Without hooks the step is the same update as ``optimizer.step()``; hooks and the profiler still see every step."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from deep_sarsa.deep_sarsa import _optimizer_step
+
+    def model_with_gradients() -> DeepSARSA:
+        model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), seed=0, device="cpu")
+        model.q_net(th.ones(5, 4)).sum().backward()
+        return model
+
+    direct, plain = model_with_gradients(), model_with_gradients()
+    _optimizer_step(direct.policy.optimizer)
+    plain.policy.optimizer.step()
+    assert all(th.equal(a, b) for a, b in zip(direct.policy.parameters(), plain.policy.parameters(), strict=True))
+
+    calls: list[str] = []
+    own = direct.policy.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: calls.append("pre"))
+    global_ = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: calls.append("post"))
+    try:
+        _optimizer_step(direct.policy.optimizer)
+    finally:
+        own.remove()
+        global_.remove()
+    assert calls == ["pre", "post"]
+    with th.autograd.profiler.profile() as profile:
+        _optimizer_step(direct.policy.optimizer)
+    assert any(event.name == "Optimizer.step#Adam.step" for event in profile.function_events)
+
+
+def test_rollouts_see_the_policy_in_evaluation_mode_and_leave_it_as_it_was() -> None:
+    """The cheaper mode switch of ``collect_rollouts`` is removed afterwards, also when a callback fails."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Check(BaseCallback):
+        def __init__(self, fail_at: int | None = None) -> None:
+            super().__init__()
+            self.fail_at = fail_at
+            self.modes: set[bool] = set()
+
+        def _on_step(self) -> bool:
+            self.modes |= {module.training for module in self.model.policy.modules()}
+            if self.num_timesteps == self.fail_at:
+                raise RuntimeError("callback failed")
+            return True
+
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), learning_starts=20, device="cpu")
+    check = Check()
+    model.learn(60, callback=check)
+    assert check.modes == {False}  # every module in evaluation mode during every rollout
+    assert "set_training_mode" not in model.policy.__dict__
+    with pytest.raises(RuntimeError, match="callback failed"):
+        model.learn(60, callback=Check(fail_at=30))
+    assert "set_training_mode" not in model.policy.__dict__
