@@ -117,31 +117,42 @@ def test_fused_adam_is_the_default_unless_the_user_chose(
     assert loaded.policy.optimizer.param_groups[0].get("fused") == group.get("fused")
 
 
-@pytest.mark.parametrize("user_mode", [False, True])
-def test_flush_denormal_is_on_inside_train_and_restored_after(user_mode: bool, monkeypatch: Any) -> None:
+def test_flush_denormals_zeroes_only_denormal_state_values() -> None:
+    from deep_sarsa.deep_sarsa import _flush_denormals
+
+    parameter = th.nn.Parameter(th.zeros(6))
+    optimizer = th.optim.Adam([parameter])
+    tiny = th.finfo(th.float32).tiny  # the smallest normal float32, 1.18e-38
+    values = [1e-40, -1e-39, tiny, -2 * tiny, 0.5, 0.0]
+    optimizer.state[parameter] = {
+        "step": th.tensor(1e-39),  # a step counter: left alone
+        "exp_avg": th.tensor(values),
+        "exp_avg_sq": th.tensor(values, dtype=th.float64),  # float64's denormals start far lower
+    }
+    _flush_denormals(optimizer)
+    state = optimizer.state[parameter]
+    assert state["exp_avg"].tolist() == th.tensor([0.0, 0.0, tiny, -2 * tiny, 0.5, 0.0]).tolist()
+    assert state["exp_avg_sq"].tolist() == values
+    assert state["step"].item() == th.tensor(1e-39).item() != 0.0
+
+
+@pytest.mark.parametrize("flush_denormal", [True, False])
+def test_train_flushes_denormals_every_50_updates_and_no_thread_state(flush_denormal: bool, monkeypatch: Any) -> None:
+    import deep_sarsa.deep_sarsa as module
+
     def flushes() -> bool:
         return th.tensor([1e-39], dtype=th.float32).mul(1.0).item() == 0.0
 
-    model = DeepSARSA("MlpPolicy", "CartPole-v1", learning_starts=50, train_freq=50, buffer_size=500, device="cpu")
-    seen: list[bool] = []
-    original = model._train
-
-    def recording_train(gradient_steps: int, batch_size: int) -> None:
-        seen.append(flushes())
-        original(gradient_steps, batch_size)
-
-    monkeypatch.setattr(model, "_train", recording_train)
-    th.set_flush_denormal(user_mode)
-    try:
-        model.learn(200)
-        assert seen and all(seen)  # on during every train() call
-        assert flushes() == user_mode  # and the user's mode afterwards
-        seen.clear()
-        model.flush_denormal = False
-        model.learn(200)
-        assert seen and all(mode == user_mode for mode in seen)  # left alone
-    finally:
-        th.set_flush_denormal(False)
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", learning_starts=50, buffer_size=500, flush_denormal=flush_denormal)
+    model.learn(100)
+    flushed_at: list[int] = []
+    monkeypatch.setattr(module, "_flush_denormals", lambda optimizer: flushed_at.append(model._n_updates))
+    start = model._n_updates
+    mode = flushes()
+    model.train(gradient_steps=120, batch_size=16)
+    assert model._n_updates == start + 120
+    assert flushed_at == ([n for n in range(start + 1, start + 121) if n % 50 == 0] if flush_denormal else [])
+    assert flushes() == mode  # no thread state changed
 
 
 def test_rollout_actions_match_dqn_predict() -> None:
