@@ -58,7 +58,12 @@ def profile(algorithm: str, next_action: str, warm_steps: int, steps: int) -> No
     assert model.env is not None and isinstance(model.env, DummyVecEnv)
     model.env.step_wait = timer(model.env.step_wait, totals, "env step (DummyVecEnv.step_wait)")  # type: ignore[method-assign]
     optimizer = model.policy.optimizer
-    optimizer.step = timer(optimizer.step, totals, "optimizer step")  # type: ignore[method-assign]
+    # DeepSARSA calls the optimizer's step through _optimizer_step (see deep_sarsa.py)
+    step = deep_sarsa_module._optimizer_step
+    if algorithm == "dqn":
+        optimizer.step = timer(optimizer.step, totals, "optimizer step")  # type: ignore[method-assign]
+    else:
+        deep_sarsa_module._optimizer_step = timer(step, totals, "optimizer step")
     backward, clip = th.Tensor.backward, deep_sarsa_module._clip_grad_norm
     th.Tensor.backward = timer(backward, totals, "backward")  # type: ignore[method-assign]
     deep_sarsa_module._clip_grad_norm = timer(clip, totals, "gradient clipping")
@@ -67,6 +72,7 @@ def profile(algorithm: str, next_action: str, warm_steps: int, steps: int) -> No
         model.learn(steps, reset_num_timesteps=False)
     finally:
         th.Tensor.backward, deep_sarsa_module._clip_grad_norm = backward, clip  # type: ignore[method-assign]
+        deep_sarsa_module._optimizer_step = step
     gradient_steps = model._n_updates - updates
     name = "SB3 DQN" if algorithm == "dqn" else f"DeepSARSA ({next_action})"
     print(f"\n{name}: {steps} env steps, {gradient_steps} gradient steps")

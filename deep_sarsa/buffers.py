@@ -55,9 +55,17 @@ def sample_with_indices(
     return buffer._get_samples(batch_inds, env=env), batch_inds, env_indices
 
 
-def _episode_boundary(buffer: ReplayBuffer) -> np.ndarray:
-    """Rows (buffer_size, n_envs) after which the next row belongs to another episode."""
-    return np.logical_or(buffer.dones > 0, buffer.timeouts > 0)
+def _episode_boundary(buffer: ReplayBuffer, rows: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+    """
+    Whether the next row of each (row, env) belongs to another episode (read at those positions
+    only: the whole buffer would cost a pass over it at every minibatch).
+
+    :param buffer: the replay buffer
+    :param rows: row indices
+    :param env_indices: env indices, broadcastable against ``rows``
+    :return: a boolean array of the broadcast shape
+    """
+    return np.logical_or(buffer.dones[rows, env_indices] > 0, buffer.timeouts[rows, env_indices] > 0)
 
 
 def bootstrap_rows(buffer: ReplayBuffer, batch_inds: np.ndarray, env_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,13 +85,15 @@ def bootstrap_rows(buffer: ReplayBuffer, batch_inds: np.ndarray, env_indices: np
     """
     n_steps = buffer.n_steps if isinstance(buffer, NStepReplayBuffer) else 1
     newest = (buffer.pos - 1) % buffer.buffer_size
-    boundary = _episode_boundary(buffer)
-    rows = (batch_inds[:, None] + np.arange(n_steps)[None, :]) % buffer.buffer_size  # (B, n)
-    ends = np.logical_or(boundary[rows, env_indices[:, None]], rows == newest)
-    # Offset of the last row used by the n-step return: the first end, else the n-th row
-    offset = np.where(ends.any(axis=1), ends.argmax(axis=1), n_steps - 1)
-    last = (batch_inds + offset) % buffer.buffer_size
-    has_next = np.logical_and(~boundary[last, env_indices], last != newest)
+    if n_steps == 1:
+        last = batch_inds
+    else:
+        rows = (batch_inds[:, None] + np.arange(n_steps)[None, :]) % buffer.buffer_size  # (B, n)
+        ends = np.logical_or(_episode_boundary(buffer, rows, env_indices[:, None]), rows == newest)
+        # Offset of the last row used by the n-step return: the first end, else the n-th row
+        offset = np.where(ends.any(axis=1), ends.argmax(axis=1), n_steps - 1)
+        last = (batch_inds + offset) % buffer.buffer_size
+    has_next = np.logical_and(~_episode_boundary(buffer, last, env_indices), last != newest)
     return last, has_next
 
 
