@@ -68,7 +68,7 @@ def test_the_lecture_task_runs_deep_sarsa_only_and_keeps_the_model(tmp_path: Pat
 
 
 def test_the_speed_scripts_run(capsys: pytest.CaptureFixture[str]) -> None:
-    """``throughput.py`` and ``profile_step.py`` on a few steps past learning_starts (1000), so that they do not rot."""
+    """The speed scripts (throughput, profile_step, parameter_hash) a few steps past learning_starts: they do not rot."""
     import profile_step
     import throughput
 
@@ -81,3 +81,8 @@ def test_the_speed_scripts_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert "DeepSARSA (expected): 40 env steps, 10 gradient steps" in out and "SB3 DQN: 40 env steps" in out
     assert "_target_q_values" in out and "optimizer step" in out
     assert th.Tensor.backward is backward and deep_sarsa_module._clip_grad_norm is clip  # the timers were taken off again
+    import parameter_hash
+
+    digest = parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)
+    assert digest == parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)  # same seed
+    assert digest != parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=1, flush_denormal=True)
