@@ -1,3 +1,4 @@
+import functools
 import io
 import json
 import os
@@ -104,7 +105,8 @@ def _with_fused_adam(policy_kwargs: dict[str, Any], device: th.device) -> dict[s
 
 
 #: Gradient steps between two flushes of the optimizer's denormal values (``flush_denormal``):
-#: every 10, 50 or 200 steps made no measurable difference (benchmarks/results/throughput.md)
+#: every 10 was slower (the flush costs more than it saves), every 200 no faster
+#: (benchmarks/results/throughput.md)
 _FLUSH_INTERVAL = 50
 
 
@@ -185,6 +187,19 @@ def _training_mode_modules(policy: DQNPolicy) -> list[th.nn.Module] | None:
     return modules if plain else None
 
 
+def _write_training_flags(modules: list[th.nn.Module], mode: bool) -> None:
+    """
+    Set the ``training`` flag of each module, as ``nn.Module.train`` sets it, without walking the
+    module tree (see :func:`_training_mode_modules`).
+
+    :param modules: the modules
+    :param mode: True for training mode, False for evaluation mode
+    """
+    for module in modules:
+        # What nn.Module.__setattr__ does for a plain attribute, without its checks
+        object.__setattr__(module, "training", mode)
+
+
 def _mean(values: list[th.Tensor]) -> float:
     """
     The mean of scalar tensors, as a float (one host synchronisation).
@@ -213,7 +228,7 @@ def _check_finite(
     """
     observations = [obs for obs in (new_obs.values() if isinstance(new_obs, dict) else [new_obs]) if obs.dtype.kind == "f"]
     # Fast path for the common step (no episode ended, all finite): few NumPy calls, as this runs at
-    # every env step, where it cost 18 µs (benchmarks/results/throughput.md)
+    # every env step (benchmarks/results/throughput.md)
     if not dones.any() and np.isfinite(reward).all():
         for obs in observations:
             if not np.isfinite(obs).all():
@@ -531,10 +546,8 @@ class DeepSARSA(OffPolicyAlgorithm):
         """
         if self._mode_modules is None:
             self.policy.set_training_mode(mode)
-            return
-        for module in self._mode_modules:
-            # What nn.Module.__setattr__ does for a plain attribute, without its checks
-            object.__setattr__(module, "training", mode)
+        else:
+            _write_training_flags(self._mode_modules, mode)
 
     def _setup_learn(
         self,
@@ -656,10 +669,12 @@ class DeepSARSA(OffPolicyAlgorithm):
             return RolloutReturn(0, 0, continue_training=False)
         # SB3's collect_rollouts starts with policy.set_training_mode(False), which walks the modules
         # (~20 µs, once per rollout: ~5 µs per env step with train_freq=4); for SB3's own policies the
-        # direct write sets the same flags (see _set_training_mode)
-        direct = self._mode_modules is not None
-        if direct:
-            self.policy.set_training_mode = self._set_training_mode  # type: ignore[method-assign]
+        # direct write sets the same flags. It refers to the policy's modules only, not to this
+        # model, so a callback that copies the policy meanwhile copies nothing else
+        modules = self._mode_modules
+        direct = modules is not None
+        if modules is not None:
+            self.policy.set_training_mode = functools.partial(_write_training_flags, modules)  # type: ignore[method-assign]
         try:
             return super().collect_rollouts(
                 env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval

@@ -10,7 +10,7 @@ as much as the arithmetic: about a tenth of DeepSARSA's time on CartPole with rl
 calling the layers' ``forward`` in turn, the same tensor operations in the same order (the same
 values and the same autograd graph, ``tests/test_speed_equivalence.py``), and goes through the
 network's ``__call__`` whenever a module on the path has a hook, a global module hook is
-registered, or the network is not SB3's default structure.
+registered, the network is compiled (``network.compile()``), or it is not SB3's default structure.
 """
 
 from itertools import chain

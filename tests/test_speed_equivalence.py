@@ -341,6 +341,8 @@ def test_rollouts_see_the_policy_in_evaluation_mode_and_leave_it_as_it_was() -> 
 
         def _on_step(self) -> bool:
             self.modes |= {module.training for module in self.model.policy.modules()}
+            if self.num_timesteps == 30:
+                self.copied = copy.deepcopy(self.model.policy)  # copies the policy, not the model
             if self.num_timesteps == self.fail_at:
                 raise RuntimeError("callback failed")
             return True
@@ -350,6 +352,12 @@ def test_rollouts_see_the_policy_in_evaluation_mode_and_leave_it_as_it_was() -> 
     model.learn(60, callback=check)
     assert check.modes == {False}  # every module in evaluation mode during every rollout
     assert "set_training_mode" not in model.policy.__dict__
+    model.policy.set_training_mode(False)
+    check.copied.set_training_mode(True)  # the copy's modules, not the model's
+    copied_q_net = check.copied.q_net
+    assert isinstance(copied_q_net, th.nn.Module)
+    assert check.copied.training and all(module.training for module in copied_q_net.modules())
+    assert not model.policy.training and not any(module.training for module in model.q_net.modules())
     with pytest.raises(RuntimeError, match="callback failed"):
         model.learn(60, callback=Check(fail_at=30))
     assert "set_training_mode" not in model.policy.__dict__
