@@ -22,8 +22,7 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.vec_env import DummyVecEnv
 from throughput import SETTINGS
 
-import deep_sarsa.deep_sarsa as deep_sarsa_module
-from deep_sarsa import DeepSARSA
+from deep_sarsa import DeepSARSA, fast
 
 STEP = SETTINGS["step"]
 
@@ -52,27 +51,27 @@ def profile(algorithm: str, next_action: str, warm_steps: int, steps: int) -> No
     model.learn(warm_steps)
     totals: dict[str, float] = {}
     rollout = ["collect_rollouts", "_sample_action", "_store_transition", "_on_step"]
-    training = ["train", "_sample", "_target_q_values", "_td_target"] if algorithm != "dqn" else ["train"]
+    training = ["train", "_sample", "_td_target"] if algorithm != "dqn" else ["train"]
     for name in rollout + training:
         setattr(model, name, timer(getattr(model, name), totals, name))
     assert model.env is not None and isinstance(model.env, DummyVecEnv)
     model.env.step_wait = timer(model.env.step_wait, totals, "env step (DummyVecEnv.step_wait)")  # type: ignore[method-assign]
     optimizer = model.policy.optimizer
-    # DeepSARSA calls the optimizer's step through _optimizer_step (see deep_sarsa.py)
-    step = deep_sarsa_module._optimizer_step
+    # DeepSARSA calls the optimizer's step and the clipping through deep_sarsa.fast
+    step, clip = fast.optimizer_step, fast.clip_grad_norm
     if algorithm == "dqn":
         optimizer.step = timer(optimizer.step, totals, "optimizer step")  # type: ignore[method-assign]
     else:
-        deep_sarsa_module._optimizer_step = timer(step, totals, "optimizer step")
-    backward, clip = th.Tensor.backward, deep_sarsa_module._clip_grad_norm
+        fast.optimizer_step = timer(step, totals, "optimizer step")
+        fast.clip_grad_norm = timer(clip, totals, "gradient clipping")
+    backward = th.Tensor.backward
     th.Tensor.backward = timer(backward, totals, "backward")  # type: ignore[method-assign]
-    deep_sarsa_module._clip_grad_norm = timer(clip, totals, "gradient clipping")
     updates = model._n_updates
     try:
         model.learn(steps, reset_num_timesteps=False)
     finally:
-        th.Tensor.backward, deep_sarsa_module._clip_grad_norm = backward, clip  # type: ignore[method-assign]
-        deep_sarsa_module._optimizer_step = step
+        th.Tensor.backward = backward  # type: ignore[method-assign]
+        fast.optimizer_step, fast.clip_grad_norm = step, clip
     gradient_steps = model._n_updates - updates
     name = "SB3 DQN" if algorithm == "dqn" else f"DeepSARSA ({next_action})"
     print(f"\n{name}: {steps} env steps, {gradient_steps} gradient steps")

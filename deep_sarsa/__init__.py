@@ -3,7 +3,8 @@
 from stable_baselines3.dqn.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 from deep_sarsa.deep_sarsa import DeepSARSA
+from deep_sarsa.finite import NonFiniteError
 
 __version__ = "0.1.0"
 
-__all__ = ["CnnPolicy", "DeepSARSA", "MlpPolicy", "MultiInputPolicy", "__version__"]
+__all__ = ["CnnPolicy", "DeepSARSA", "MlpPolicy", "MultiInputPolicy", "NonFiniteError", "__version__"]

@@ -115,6 +115,22 @@ def stored_next_actions(
     return actions_after(buffer, last, env_indices), available
 
 
+def stored_or_missing(buffer: ReplayBuffer, rows: np.ndarray, has_next: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+    """
+    The stored next actions of ``next_action="stored"``, with -1 where a' must be sampled instead.
+
+    :param buffer: the replay buffer
+    :param rows: the rows the transitions bootstrap from (:func:`bootstrap_rows`)
+    :param has_next: whether the action after each row is stored (:func:`bootstrap_rows`)
+    :param env_indices: env indices
+    :return: shape ``(B,)``: the action taken after the row where it exists; 0 for a terminal row
+        (it does not bootstrap: any a' will do); -1 where the episode was truncated or the next
+        action has not been taken yet
+    """
+    next_actions = actions_after(buffer, rows, env_indices)
+    return np.where(has_next, next_actions, np.where(terminated(buffer, rows, env_indices), 0, -1)).astype(np.int64)
+
+
 def actions_after(buffer: ReplayBuffer, rows: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
     """
     :param buffer: the replay buffer

@@ -33,8 +33,10 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from deep_sarsa.callbacks import SaveOnInterrupt
-from deep_sarsa.deep_sarsa import DeepSARSA, NonFiniteError, _make_env
+from deep_sarsa.deep_sarsa import DeepSARSA
+from deep_sarsa.finite import NonFiniteError
 from deep_sarsa.presets import load_presets, parse_policy_kwargs
+from deep_sarsa.validation import make_env
 
 console = Console()
 #: errors go to stderr, unwrapped, so that they can be read (and grepped) whole
@@ -112,7 +114,7 @@ def _load(model_path: pathlib.Path) -> DeepSARSA:
 
 def train(args: argparse.Namespace) -> int:
     """Train, evaluate periodically, checkpoint; write the model, run.json, monitor logs and a curve."""
-    _make_env(args.env_id).close()  # fails early, with the env's name
+    make_env(args.env_id).close()  # fails early, with the env's name
     hyperparameters: dict[str, Any] = {}
     presets = load_presets()
     if args.preset:
@@ -183,7 +185,7 @@ def evaluate(args: argparse.Namespace) -> int:
     """Evaluate a saved model: mean ± std of the return, episode lengths."""
     model = _load(args.model)
     env_id = _env_id_of(args.model, args.env)
-    env = Monitor(_make_env(env_id))
+    env = Monitor(make_env(env_id))
     returns, lengths = evaluate_policy(
         model, env, n_eval_episodes=args.episodes, deterministic=not args.stochastic, return_episode_rewards=True
     )

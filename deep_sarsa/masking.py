@@ -18,6 +18,8 @@ that step if the env reports one (as Gymnasium's Taxi does); otherwise its mask 
 the row does not bootstrap, so that the value of an invalid action can never leak into a target.
 """
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.buffers import ReplayBuffer
@@ -83,6 +85,29 @@ def attach_masks(buffer: ReplayBuffer, n_actions: int) -> NextStateMasks:
         store = NextStateMasks(buffer.buffer_size, buffer.n_envs, n_actions)
         setattr(buffer, MASKS_ATTRIBUTE, store)
     return store
+
+
+def record_next_masks(
+    buffer: ReplayBuffer, current: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]], n_actions: int
+) -> None:
+    """
+    Store the masks of s' of the transitions just added to ``buffer`` (its newest row).
+
+    :param buffer: the replay buffer, with a store attached (:func:`attach_masks`)
+    :param current: the masks of the envs' current states, shape ``(n_envs, n_actions)``: s' where
+        the episode goes on, a reset state where it ended
+    :param dones: the episode ends of the step
+    :param infos: the infos of the step (``info["action_mask"]`` of a truncated episode's last state)
+    :param n_actions: size of the Discrete action space
+    """
+    next_masks, known = current.copy(), ~dones.astype(bool)
+    for i, info in enumerate(infos):
+        if dones[i] and info.get("TimeLimit.truncated", False) and info.get("action_mask") is not None:
+            next_masks[i] = check_action_masks(info["action_mask"], 1, n_actions)[0]
+            known[i] = True
+    store = masks_of(buffer)
+    assert store is not None, "attach_masks first"
+    store.write((buffer.pos - 1) % buffer.buffer_size, next_masks, known)
 
 
 def check_action_masks(action_masks: np.ndarray | list, n_envs: int, n_actions: int) -> np.ndarray:

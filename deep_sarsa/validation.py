@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 NEXT_ACTIONS: tuple[str, ...] = ("sampled", "expected", "stored")
@@ -64,9 +65,12 @@ def check_hyperparameters(
     max_grad_norm: float,
     next_action: str,
     loss: str,
+    **others: Any,
 ) -> None:
     """
     Refuse hyperparameters that cannot work, before anything is built.
+
+    :param others: the constructor's other keywords (checked by SB3 where they are used)
 
     :raises ValueError: naming the first bad parameter, what it must be and what it was
     """
@@ -104,3 +108,16 @@ def check_hyperparameters(
     ]:
         _require(_is_number(value) and 0 <= value <= 1, name, "in [0, 1]", value)
     _require(_is_number(max_grad_norm) and max_grad_norm > 0, "max_grad_norm", "a positive number", max_grad_norm)
+
+
+def make_env(env_id: str) -> gym.Env:
+    """
+    ``gym.make(env_id)`` (``"module:EnvId"`` imports the module first), failing with the name.
+
+    :param env_id: a registered environment id
+    :return: the environment
+    """
+    try:
+        return gym.make(env_id)
+    except (gym.error.Error, ModuleNotFoundError) as error:
+        raise ValueError(f"env={env_id!r} is not an environment Gymnasium can make: {error}") from error

@@ -10,8 +10,7 @@ import torch as th
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import harness
 
-import deep_sarsa.deep_sarsa as deep_sarsa_module
-from deep_sarsa import DeepSARSA
+from deep_sarsa import DeepSARSA, fast
 
 
 def test_job_report_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,15 +71,17 @@ def test_the_speed_scripts_run(capsys: pytest.CaptureFixture[str]) -> None:
     import profile_step
     import throughput
 
-    backward, clip = th.Tensor.backward, deep_sarsa_module._clip_grad_norm
+    backward, clip, step = th.Tensor.backward, fast.clip_grad_norm, fast.optimizer_step
     wall, cpu = throughput.steps_per_second("sarsa-stored", "step", 1040, seed=0)
     assert wall > 0 and cpu > 0
     profile_step.profile("deep_sarsa", "expected", warm_steps=1000, steps=40)
     profile_step.profile("dqn", "sampled", warm_steps=1000, steps=40)
     out = capsys.readouterr().out
     assert "DeepSARSA (expected): 40 env steps, 10 gradient steps" in out and "SB3 DQN: 40 env steps" in out
-    assert "_target_q_values" in out and "optimizer step" in out
-    assert th.Tensor.backward is backward and deep_sarsa_module._clip_grad_norm is clip  # the timers were taken off again
+    assert "_td_target" in out and "optimizer step" in out and "gradient clipping" in out
+    assert (
+        th.Tensor.backward is backward and fast.clip_grad_norm is clip and fast.optimizer_step is step
+    )  # the timers are off again
     import parameter_hash
 
     digest = parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)

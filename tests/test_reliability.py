@@ -19,7 +19,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from deep_sarsa import DeepSARSA
 from deep_sarsa.callbacks import SaveOnInterrupt
 from deep_sarsa.checkpoint import load_checkpoint, resume
-from deep_sarsa.deep_sarsa import NonFiniteError
+from deep_sarsa.finite import NonFiniteError, check_finite
 
 FAST = dict(learning_starts=20, buffer_size=500, batch_size=16, train_freq=4, target_update_interval=50, seed=0)
 
@@ -284,18 +284,14 @@ def test_same_seed_gives_identical_parameters(n_envs: int, next_action: str) -> 
     ids=["reward", "observation", "terminal-observation", "dict-observation"],
 )
 def test_check_finite_names_the_env(new_obs: Any, reward: np.ndarray, infos: list, dones: np.ndarray, message: str) -> None:
-    from deep_sarsa.deep_sarsa import _check_finite
-
     with pytest.raises(NonFiniteError, match=message):
-        _check_finite(new_obs, reward, infos, dones, step=9)
-    _check_finite(np.zeros((3, 2)), np.zeros(3), [{}] * 3, np.zeros(3), step=9)  # all finite: no error
+        check_finite(new_obs, reward, infos, dones, step=9)
+    check_finite(np.zeros((3, 2)), np.zeros(3), [{}] * 3, np.zeros(3), step=9)  # all finite: no error
 
 
 def test_check_finite_accepts_large_finite_values_whose_sum_overflows() -> None:
-    from deep_sarsa.deep_sarsa import _check_finite
-
     big = np.finfo(np.float32).max
     # Sums to inf in float32 and to more than float64's range with the reward: still all finite
-    _check_finite(np.full((2, 3), big, dtype=np.float32), np.array([1e308, 1e308]), [{}, {}], np.zeros(2), step=1)
+    check_finite(np.full((2, 3), big, dtype=np.float32), np.array([1e308, 1e308]), [{}, {}], np.zeros(2), step=1)
     with pytest.raises(NonFiniteError, match=r"observation .* env 1"):
-        _check_finite(np.array([[big, big], [big, np.inf]], dtype=np.float32), np.zeros(2), [{}, {}], np.zeros(2), step=1)
+        check_finite(np.array([[big, big], [big, np.inf]], dtype=np.float32), np.zeros(2), [{}, {}], np.zeros(2), step=1)

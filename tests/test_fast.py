@@ -1,6 +1,7 @@
 """
-The faster code paths compute exactly what the straightforward formulation computes: pinned
-down on fixed batches against a plain re-implementation of one update and of DQN's ``predict``.
+The speed layer (``deep_sarsa.fast``) computes exactly what the straightforward formulation computes:
+pinned down on fixed batches against a plain re-implementation of one update and of DQN's
+``predict``; each piece against its plain PyTorch path; each private-API piece's fallback.
 """
 
 import copy
@@ -13,7 +14,7 @@ import torch as th
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.dqn import DQN
 
-from deep_sarsa import DeepSARSA
+from deep_sarsa import DeepSARSA, fast
 from deep_sarsa.targets import sample_epsilon_greedy
 
 
@@ -63,12 +64,12 @@ def test_train_matches_the_straightforward_update_exactly(steps: int, per_pass: 
     update: sampling minibatches ahead and evaluating the target network on all of them in one
     pass (in chunks of ``per_pass`` minibatches) changes nothing.
     """
+    if per_pass is not None:  # observation numbers per target pass: 3 minibatches of 32 CartPole states
+        monkeypatch.setattr(fast, "TARGET_PASS_SIZE", per_pass * 32 * 4)
     model, reference = trained_pair(flush_denormal=False, policy_kwargs=dict(optimizer_kwargs=dict(fused=False)))
-    if per_pass is not None:
-        monkeypatch.setattr(model, "_minibatches_per_pass", lambda batch_size: per_pass)
     train_both(model, reference, steps)
-    for fast, plain in zip(model.policy.parameters(), reference.policy.parameters(), strict=True):
-        assert th.equal(fast, plain)
+    for faster, plain in zip(model.policy.parameters(), reference.policy.parameters(), strict=True):
+        assert th.equal(faster, plain)
 
 
 def test_default_fast_path_matches_pytorchs_default_adam_up_to_rounding() -> None:
@@ -118,8 +119,6 @@ def test_fused_adam_is_the_default_unless_the_user_chose(
 
 
 def test_flush_denormals_zeroes_only_denormal_state_values() -> None:
-    from deep_sarsa.deep_sarsa import _flush_denormals
-
     parameter = th.nn.Parameter(th.zeros(6))
     optimizer = th.optim.Adam([parameter])
     tiny = th.finfo(th.float32).tiny  # the smallest normal float32, 1.18e-38
@@ -129,7 +128,7 @@ def test_flush_denormals_zeroes_only_denormal_state_values() -> None:
         "exp_avg": th.tensor(values),
         "exp_avg_sq": th.tensor(values, dtype=th.float64),  # float64's denormals start far lower
     }
-    _flush_denormals(optimizer)
+    fast.flush_denormals(optimizer)
     state = optimizer.state[parameter]
     assert state["exp_avg"].tolist() == th.tensor([0.0, 0.0, tiny, -2 * tiny, 0.5, 0.0]).tolist()
     assert state["exp_avg_sq"].tolist() == values
@@ -138,15 +137,13 @@ def test_flush_denormals_zeroes_only_denormal_state_values() -> None:
 
 @pytest.mark.parametrize("flush_denormal", [True, False])
 def test_train_flushes_denormals_every_50_updates_and_no_thread_state(flush_denormal: bool, monkeypatch: Any) -> None:
-    import deep_sarsa.deep_sarsa as module
-
     def flushes() -> bool:
         return th.tensor([1e-39], dtype=th.float32).mul(1.0).item() == 0.0
 
     model = DeepSARSA("MlpPolicy", "CartPole-v1", learning_starts=50, buffer_size=500, flush_denormal=flush_denormal)
     model.learn(100)
     flushed_at: list[int] = []
-    monkeypatch.setattr(module, "_flush_denormals", lambda optimizer: flushed_at.append(model._n_updates))
+    monkeypatch.setattr(fast, "flush_denormals", lambda optimizer: flushed_at.append(model._n_updates))
     start = model._n_updates
     mode = flushes()
     model.train(gradient_steps=120, batch_size=16)
@@ -179,7 +176,7 @@ def test_training_mode_switch_sets_the_flags_sb3_sets() -> None:
     """``_set_training_mode`` (flags set directly) leaves every module as SB3's ``set_training_mode`` does."""
     model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), device="cpu")
     reference = copy.deepcopy(model.policy)
-    assert model._mode_modules is not None  # SB3's own policy: the direct path is taken
+    assert model._set_training_mode != model.policy.set_training_mode  # SB3's own policy: the direct path is taken
     for mode in (True, False, True, False):
         model._set_training_mode(mode)
         reference.set_training_mode(mode)
@@ -202,7 +199,7 @@ def test_a_module_with_its_own_train_goes_through_set_training_mode() -> None:
     ModeRecordingExtractor.modes.clear()
     policy_kwargs = dict(net_arch=[8], features_extractor_class=ModeRecordingExtractor)
     model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, learning_starts=10, train_freq=5, device="cpu")
-    assert model._mode_modules is None
+    assert model._set_training_mode == model.policy.set_training_mode
     model.learn(30)
     assert True in ModeRecordingExtractor.modes and False in ModeRecordingExtractor.modes
     assert not model.q_net_target.training
@@ -281,29 +278,9 @@ def test_training_through_the_direct_forward_is_bit_for_bit_training_through_the
         assert th.equal(direct, called)
 
 
-@pytest.mark.parametrize("tau", [1.0, 0.3])
-def test_target_update_equals_polyak_update(tau: float) -> None:
-    """The hard update (``tau=1``) copies; both give what SB3's ``polyak_update`` gives, bit for bit."""
-    from stable_baselines3.common.utils import polyak_update
-
-    model = DeepSARSA("MlpPolicy", "CartPole-v1", tau=tau, policy_kwargs=dict(net_arch=[8]), seed=0, device="cpu")
-    with th.no_grad():
-        for param in model.q_net.parameters():
-            param.add_(th.randn_like(param))
-    reference = copy.deepcopy(model.policy)
-    model._update_target_network()
-    polyak_update(reference.q_net.parameters(), reference.q_net_target.parameters(), tau)
-    for updated, expected in zip(model.q_net_target.parameters(), reference.q_net_target.parameters(), strict=True):
-        assert th.equal(updated, expected)
-    if tau == 1.0:
-        assert all(th.equal(a, b) for a, b in zip(model.q_net_target.parameters(), model.q_net.parameters(), strict=True))
-
-
 def test_optimizer_step_runs_hooks_and_profiler_scopes_when_there_are_any() -> None:
     """Without hooks the step is the same update as ``optimizer.step()``; hooks and the profiler still see every step."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    from deep_sarsa.deep_sarsa import _optimizer_step
 
     def model_with_gradients() -> DeepSARSA:
         model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), seed=0, device="cpu")
@@ -311,7 +288,7 @@ def test_optimizer_step_runs_hooks_and_profiler_scopes_when_there_are_any() -> N
         return model
 
     direct, plain = model_with_gradients(), model_with_gradients()
-    _optimizer_step(direct.policy.optimizer)
+    fast.optimizer_step(direct.policy.optimizer)
     plain.policy.optimizer.step()
     assert all(th.equal(a, b) for a, b in zip(direct.policy.parameters(), plain.policy.parameters(), strict=True))
 
@@ -319,45 +296,167 @@ def test_optimizer_step_runs_hooks_and_profiler_scopes_when_there_are_any() -> N
     own = direct.policy.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: calls.append("pre"))
     global_ = register_optimizer_step_post_hook(lambda optimizer, args, kwargs: calls.append("post"))
     try:
-        _optimizer_step(direct.policy.optimizer)
+        fast.optimizer_step(direct.policy.optimizer)
     finally:
         own.remove()
         global_.remove()
     assert calls == ["pre", "post"]
     with th.autograd.profiler.profile() as profile:
-        _optimizer_step(direct.policy.optimizer)
+        fast.optimizer_step(direct.policy.optimizer)
     assert any(event.name == "Optimizer.step#Adam.step" for event in profile.function_events)
 
 
-def test_rollouts_see_the_policy_in_evaluation_mode_and_leave_it_as_it_was() -> None:
-    """The cheaper mode switch of ``collect_rollouts`` is removed afterwards, also when a callback fails."""
+def test_rollouts_see_the_policy_in_evaluation_mode() -> None:
+    """Every module is in evaluation mode during every rollout, and in training mode in ``train``."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Check(BaseCallback):
-        def __init__(self, fail_at: int | None = None) -> None:
-            super().__init__()
-            self.fail_at = fail_at
-            self.modes: set[bool] = set()
+        modes: set[bool] = set()
 
         def _on_step(self) -> bool:
             self.modes |= {module.training for module in self.model.policy.modules()}
-            if self.num_timesteps == 30:
-                self.copied = copy.deepcopy(self.model.policy)  # copies the policy, not the model
-            if self.num_timesteps == self.fail_at:
-                raise RuntimeError("callback failed")
             return True
 
     model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), learning_starts=20, device="cpu")
+    train_modes: list[bool] = []
+    original_train = model.train
+
+    def recording_train(gradient_steps: int, batch_size: int = 100) -> None:
+        original_train(gradient_steps, batch_size)
+        train_modes.append(model.q_net.q_net[0].training)
+
+    model.train = recording_train  # type: ignore[method-assign]
     check = Check()
     model.learn(60, callback=check)
-    assert check.modes == {False}  # every module in evaluation mode during every rollout
-    assert "set_training_mode" not in model.policy.__dict__
-    model.policy.set_training_mode(False)
-    check.copied.set_training_mode(True)  # the copy's modules, not the model's
-    copied_q_net = check.copied.q_net
-    assert isinstance(copied_q_net, th.nn.Module)
-    assert check.copied.training and all(module.training for module in copied_q_net.modules())
-    assert not model.policy.training and not any(module.training for module in model.q_net.modules())
-    with pytest.raises(RuntimeError, match="callback failed"):
-        model.learn(60, callback=Check(fail_at=30))
-    assert "set_training_mode" not in model.policy.__dict__
+    assert check.modes == {False}
+    assert train_modes and all(train_modes)
+    assert not model.q_net_target.training
+
+
+def trained_parameters(plain: set[str], monkeypatch: pytest.MonkeyPatch, steps: int = 400, **kwargs: Any) -> list[th.Tensor]:
+    """The parameters after ``learn(steps)`` from one seed, with the pieces in ``plain`` on PyTorch's plain path."""
+    monkeypatch.setattr(fast, "PLAIN", set(plain))
+    settings: dict[str, Any] = dict(learning_starts=100, buffer_size=1000, batch_size=32, train_freq=16, gradient_steps=8)
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", seed=4, device="cpu", **(settings | kwargs))
+    model.learn(steps)
+    return [p.detach().clone() for p in model.policy.parameters()]
+
+
+@pytest.mark.parametrize("piece", [piece for piece in fast.PIECES if piece != "fused_adam"])
+def test_each_piece_trains_bit_for_bit_as_its_plain_path(piece: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every piece but fused Adam computes exactly what the plain PyTorch path computes, through rollouts and updates."""
+    fast_run = trained_parameters(set(), monkeypatch, next_action="expected")
+    plain_run = trained_parameters({piece}, monkeypatch, next_action="expected")
+    assert all(th.equal(a, b) for a, b in zip(fast_run, plain_run, strict=True))
+
+
+def test_plain_fused_adam_builds_pytorchs_default_adam(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast, "PLAIN", {"fused_adam"})
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", device="cpu")
+    assert not model.policy.optimizer.param_groups[0]["fused"]
+
+
+def test_fused_adam_falls_back_where_pytorch_has_no_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older PyTorch without a fused CPU Adam (before 2.4) builds the default Adam instead of failing."""
+    original_adam = th.optim.Adam
+
+    class AdamWithoutFused(original_adam):  # type: ignore[valid-type,misc]
+        def __init__(self, params: Any, fused: bool | None = None, **kwargs: Any) -> None:
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+            super().__init__(params, **kwargs)
+
+    fast._fused_supported.cache_clear()
+    monkeypatch.setattr(th.optim, "Adam", AdamWithoutFused)
+    try:
+        assert not fast._fused_supported("cpu")
+        assert fast.with_fused_adam({"optimizer_class": AdamWithoutFused}, "cpu") == {"optimizer_class": AdamWithoutFused}
+    finally:
+        fast._fused_supported.cache_clear()
+
+
+def test_the_plain_pieces_come_from_the_environment_and_unknown_names_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEP_SARSA_PLAIN", " direct_forward ,fused_adam,")
+    assert fast._plain_from_environment() == {"direct_forward", "fused_adam"}
+    monkeypatch.setenv("DEEP_SARSA_PLAIN", "direct_forward,turbo")
+    with pytest.raises(ValueError, match=r"DEEP_SARSA_PLAIN names unknown pieces \['turbo'\]"):
+        fast._plain_from_environment()
+
+
+def spied_step(optimizer: th.optim.Optimizer, monkeypatch: pytest.MonkeyPatch, keep_wrapped: bool) -> list[int]:
+    """Replace the optimizer class's public ``step`` by a counting one (with ``keep_wrapped``: exposing the inner step)."""
+    public = type(optimizer).step
+    calls: list[int] = []
+
+    def step(self: th.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return public(self, *args, **kwargs)
+
+    if keep_wrapped:
+        step.__wrapped__ = public.__wrapped__  # type: ignore[attr-defined]
+    monkeypatch.setattr(type(optimizer), "step", step)
+    return calls
+
+
+@pytest.mark.parametrize("missing", [None, "__wrapped__", "_global_optimizer_pre_hooks", "_profiler_enabled"])
+def test_optimizer_step_takes_the_public_step_where_a_private_api_is_missing(
+    missing: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PyTorch without one of them is simulated by giving the speed layer a module without it."""
+    import types
+
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), seed=0, device="cpu")
+    reference = copy.deepcopy(model)
+    for each in (model, reference):
+        each.q_net(th.ones(5, 4)).sum().backward()
+    calls = spied_step(model.policy.optimizer, monkeypatch, keep_wrapped=missing != "__wrapped__")
+    if missing == "_global_optimizer_pre_hooks":
+        monkeypatch.setattr(fast, "th_optimizer", types.SimpleNamespace(_global_optimizer_post_hooks={}))
+    elif missing == "_profiler_enabled":
+        monkeypatch.setattr(fast, "th_autograd", types.SimpleNamespace())
+    fast.optimizer_step(model.policy.optimizer)
+    assert calls == ([] if missing is None else [1])  # the public step only where something is missing
+    monkeypatch.undo()
+    reference.policy.optimizer.step()
+    assert all(th.equal(a, b) for a, b in zip(model.policy.parameters(), reference.policy.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("missing", [None, "_foreach_norm"])
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])
+def test_clip_grad_norm_is_torchs_clip_grad_norm_bit_for_bit(
+    missing: str | None, max_norm: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clipped (small ``max_norm``) or not, and with the public function where the foreach kernels are missing."""
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[16, 16]), seed=0, device="cpu")
+    model.q_net(th.randn(9, 4)).square().sum().backward()
+    parameters = list(model.policy.parameters())
+    expected = [p.grad.clone() for p in parameters if p.grad is not None]
+    th.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], max_norm)
+    reference = [p.grad.clone() for p in parameters if p.grad is not None]
+    for param, grad in zip([p for p in parameters if p.grad is not None], expected, strict=True):
+        param.grad = grad.clone()
+    if missing is not None:
+        monkeypatch.setattr(fast, missing, None)
+    fast.clip_grad_norm(parameters, max_norm)
+    clipped = [p.grad for p in parameters if p.grad is not None]
+    assert all(th.equal(a, b) for a, b in zip(clipped, reference, strict=True))
+    assert max_norm > 1 or not th.equal(clipped[0], expected[0])  # it did clip
+
+
+def test_direct_forward_falls_back_to_the_call_where_pytorch_keeps_hooks_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), seed=0, device="cpu")
+    monkeypatch.setattr(fast, "th_module", types.SimpleNamespace())  # a PyTorch without global module hooks there
+    forward = fast.DirectForward(model.q_net)
+    assert forward.layers is None
+    observations = th.randn(3, 4)
+    assert th.equal(forward(observations), model.q_net(observations))
+
+
+def test_zero_grad_sets_every_gradient_to_none_as_the_optimizer_does() -> None:
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), seed=0, device="cpu")
+    model.q_net(th.ones(2, 4)).sum().backward()
+    assert any(p.grad is not None for p in model.policy.parameters())
+    fast.zero_grad(model.policy.optimizer, list(model.policy.parameters()))
+    assert all(p.grad is None for p in model.policy.parameters())
