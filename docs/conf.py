@@ -1,7 +1,8 @@
 """Sphinx configuration: the Markdown pages (MyST) and the API reference from the docstrings."""
 
 project = "deep-sarsa"
-author = "deep-sarsa developers"
+author = "the deep-sarsa developers"
+copyright = "2026, the deep-sarsa developers"
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
@@ -9,6 +10,4 @@ html_theme = "furo"
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 myst_heading_anchors = 3
-# Links to files outside docs/ (benchmarks, examples) are fine on GitHub, not in the site
-suppress_warnings = ["myst.xref_missing"]
 nitpicky = False
