@@ -67,7 +67,7 @@ def test_the_lecture_task_runs_deep_sarsa_only_and_keeps_the_model(tmp_path: Pat
 
 
 def test_the_speed_scripts_run(capsys: pytest.CaptureFixture[str]) -> None:
-    """The speed scripts (throughput, profile_step, parameter_hash) a few steps past learning_starts: they do not rot."""
+    """The speed scripts (throughput, profile_step, ablation, parameter_hash), a few steps past learning_starts, do not rot."""
     import profile_step
     import throughput
 
@@ -82,6 +82,12 @@ def test_the_speed_scripts_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert (
         th.Tensor.backward is backward and fast.clip_grad_norm is clip and fast.optimizer_step is step
     )  # the timers are off again
+    import ablation
+
+    for variant in ("all plain", "direct_forward"):
+        wall, cpu = ablation.steps_per_second(variant, "zoo", 1040, seed=0)
+        assert wall > 0 and cpu > 0 and not fast.PLAIN  # the switches were put back
+    assert ablation.cpu_model()
     import parameter_hash
 
     digest = parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)
