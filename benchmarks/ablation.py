@@ -1,13 +1,20 @@
 """
-What each piece of the speed layer (``deep_sarsa.fast``) gains: env-steps/s of DeepSARSA with every
-piece on, against the same run with one piece on PyTorch's plain path (``fast.PLAIN``), in both
-settings of ``benchmarks/throughput.py``, alternating, several repetitions. ``flush_denormal`` is
-the constructor's flag (off in its row); ``all plain`` runs every piece plainly and the flag off.
+What each piece of the speed layer (``deep_sarsa.fast``) gains, in both settings of
+``benchmarks/throughput.py``, two ways:
 
-    python benchmarks/ablation.py --repetitions 3 --steps 10000 --threads 1 --output benchmarks/results/ablation.md
+* ``--mode runs``: env-steps/s of DeepSARSA with every piece on, against whole runs with one piece
+  on PyTorch's plain path (``fast.PLAIN``), alternating, several repetitions; the gain is the
+  median of (steps/s with it) / (steps/s without it) - 1, in process CPU time. ``flush_denormal``
+  is the constructor's flag (off in its row); ``all plain`` runs every piece plainly and the flag
+  off. On a machine shared with noisy neighbours, runs vary by ±10% or more.
+* ``--mode paired`` (for the pieces that are switched at every call): one run per piece, in which
+  the piece is on and off at alternate calls of the phase it speeds up (``train``, and the
+  rollout's ``_sample_action``); the median time of each phase with and without it, times the
+  number of calls, is the time the piece saves, reported as a fraction of the run's time. Both
+  halves see the same machine at the same moments, which cancels the drift of a shared machine.
 
-The gain of a piece is the median over repetitions of (steps/s with it) / (steps/s without it) - 1,
-in process CPU time (with one torch thread, the wall-clock time of an otherwise idle machine).
+    python benchmarks/ablation.py --mode runs --repetitions 3 --steps 10000 --threads 1
+    python benchmarks/ablation.py --mode paired --steps 10000 --threads 1 --output benchmarks/results/ablation.md
 """
 
 import argparse
@@ -15,6 +22,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,14 @@ from throughput import SETTINGS
 from deep_sarsa import DeepSARSA, fast
 
 VARIANTS = ["default", *fast.PIECES, "flush_denormal", "all plain"]
+#: The pieces switched at every call, and the phases (DeepSARSA methods) whose calls they speed up
+PAIRED: dict[str, tuple[str, ...]] = {
+    "direct_forward": ("train", "_sample_action"),
+    "optimizer_step": ("train",),
+    "zero_grad": ("train",),
+    "clip_grad_norm": ("train",),
+    "target_batching": ("train",),
+}
 
 
 def cpu_model() -> str:
@@ -53,8 +69,75 @@ def steps_per_second(variant: str, setting: str, steps: int, seed: int, next_act
         fast.PLAIN = saved
 
 
+def alternating(function: Callable[..., Any], piece: str, times: dict[bool, list[float]]) -> Callable[..., Any]:
+    """``function`` with ``piece`` on the plain path at every other call, each duration added to ``times[plain]``."""
+    calls = [0]
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        plain = calls[0] % 2 == 1
+        calls[0] += 1
+        saved = fast.PLAIN
+        fast.PLAIN = {piece} if plain else set()
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            times[plain].append(time.perf_counter() - start)
+            fast.PLAIN = saved
+
+    return timed
+
+
+def paired_saving(piece: str, setting: str, steps: int, seed: int, next_action: str = "sampled") -> tuple[float, float]:
+    """
+    The fraction of a run's time that ``piece`` saves, with the piece on and off at alternate calls.
+
+    :return: the saving as a fraction of the run's time with the piece on, and the run's env-steps/s
+    """
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", next_action=next_action, seed=seed, device="cpu", **SETTINGS[setting])  # type: ignore[arg-type]
+    model.learn(int(SETTINGS[setting]["learning_starts"]) + 500)  # warm: past learning_starts, a few updates done
+    phases: dict[str, dict[bool, list[float]]] = {phase: {False: [], True: []} for phase in PAIRED[piece]}
+    for phase, times in phases.items():
+        setattr(model, phase, alternating(getattr(model, phase), piece, times))
+    start = time.perf_counter()
+    model.learn(steps, reset_num_timesteps=False)
+    elapsed = time.perf_counter() - start
+    saved = sum(
+        (statistics.median(times[True]) - statistics.median(times[False])) * (len(times[True]) + len(times[False]))
+        for times in phases.values()
+    )
+    with_piece = elapsed - saved / 2  # half the calls ran without the piece
+    return saved / with_piece, steps / with_piece
+
+
+def main_paired(args: argparse.Namespace) -> str:
+    """Run the paired measurement of every call-switched piece; return the markdown table."""
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for repetition in range(args.repetitions):
+        for setting in args.settings:
+            for piece in PAIRED:
+                saving, rate = paired_saving(piece, setting, args.steps, seed=repetition, next_action=args.next_action)
+                results.setdefault((setting, piece), []).append((saving, rate))
+                print(f"rep {repetition} {setting:>5} {piece:>16}: saves {saving:+.1%} ({rate:.0f} steps/s)", flush=True)
+    lines = [
+        f"DeepSARSA (`{args.next_action}`), paired calls, {args.steps} steps per run, {args.repetitions} repetitions, "
+        f"torch threads: {th.get_num_threads()}; {cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {th.__version__}, device cpu.",
+        "",
+        "| setting | piece | time saved, share of the run (median) | min–max over repetitions |",
+        "|---|---|---:|---:|",
+    ]
+    for setting in args.settings:
+        for piece in PAIRED:
+            savings = [saving for saving, _ in results[(setting, piece)]]
+            spread = f"{min(savings):+.1%} – {max(savings):+.1%}"
+            lines.append(f"| {setting} | `{piece}` | {statistics.median(savings):+.1%} | {spread} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["runs", "paired"], default="runs")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -64,7 +147,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         th.set_num_threads(args.threads)
+    text = main_runs(args) if args.mode == "runs" else main_paired(args)
+    print(text)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
 
+
+def main_runs(args: argparse.Namespace) -> str:
+    """Run the whole-run measurement of every piece; return the markdown table."""
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for repetition in range(args.repetitions):
         for setting in args.settings:
@@ -92,11 +183,7 @@ def main() -> None:
             lines.append(
                 f"| {setting} | {name} | {statistics.median(rate[1] for rate in rates):.0f} | {gains[0]} | {gains[1]} |"
             )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -287,7 +287,6 @@ class DeepSARSA(OffPolicyAlgorithm):
         self.q_net_target = self.policy.q_net_target
         # Listed once, and read again at every learn(): walking the modules at every step costs ~5% of train()
         self._policy_parameters = list(self.policy.parameters())
-        self._set_training_mode = fast.training_mode_setter(self.policy)
         self._online_forward = fast.DirectForward(self.q_net)
         self._target_forward = fast.DirectForward(self.q_net_target)
 
@@ -404,7 +403,7 @@ class DeepSARSA(OffPolicyAlgorithm):
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Switch to train mode (this affects batch norm / dropout)
-        self._set_training_mode(True)
+        self.policy.set_training_mode(True)
         # Update learning rate according to schedule
         self._update_learning_rate(self.policy.optimizer)
 
@@ -598,7 +597,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         return load_checked(super().load, path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
-        cached = ["q_net", "q_net_target", "_policy_parameters", "_set_training_mode", "_online_forward", "_target_forward"]
+        cached = ["q_net", "q_net_target", "_policy_parameters", "_online_forward", "_target_forward"]
         return [*super()._excluded_save_params(), *cached, "_learning"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

@@ -21,17 +21,16 @@ from typing import Any, TypeVar, cast
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs
-from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
+from stable_baselines3.dqn.policies import QNetwork
 from torch import autograd as th_autograd
 from torch.nn.modules import module as th_module
 from torch.optim import optimizer as th_optimizer
 
 #: The pieces, each one a switch in :data:`PLAIN`
-PIECES = ("direct_forward", "fused_adam", "optimizer_step", "zero_grad", "clip_grad_norm", "training_mode", "target_batching")
+PIECES = ("direct_forward", "fused_adam", "optimizer_step", "zero_grad", "clip_grad_norm", "target_batching")
 
 
 def _plain_from_environment() -> set[str]:
@@ -123,7 +122,7 @@ class DirectForward:
         self.layers: list[th.nn.Module] | None = None
         self._hooks: list[dict] = []
         global_hooks = _global_hook_dicts()
-        if "direct_forward" in PLAIN or global_hooks is None or not hasattr(network, "_compiled_call_impl"):
+        if global_hooks is None or not hasattr(network, "_compiled_call_impl"):
             return
         if type(network) is not QNetwork:  # SB3's class, not a subclass
             return
@@ -146,7 +145,12 @@ class DirectForward:
         :param observations: a batch of observations
         :return: the Q-values, shape ``(batch, n_actions)``, as ``network(observations)`` computes them
         """
-        if self.layers is None or any(self._hooks) or self.network._compiled_call_impl is not None:
+        if (
+            self.layers is None
+            or any(self._hooks)
+            or self.network._compiled_call_impl is not None
+            or "direct_forward" in PLAIN
+        ):
             return self.network(observations)
         values = cast(th.Tensor, observations).float()  # preprocess_obs for a Box that is not an image
         for layer in self.layers:
@@ -292,29 +296,3 @@ def zero_grad(optimizer: th.optim.Optimizer, parameters: list[th.nn.Parameter]) 
         return
     for param in parameters:
         param.grad = None
-
-
-def training_mode_setter(policy: DQNPolicy) -> Callable[[bool], None]:
-    """
-    ``policy.set_training_mode``, or, where it does the same, a function that sets the ``training``
-    flags of the modules SB3's ``DQNPolicy.set_training_mode`` sets (the policy and its online
-    network; the target network stays in evaluation mode) without walking the module tree: for
-    SB3's own DQN policies whose modules all keep ``nn.Module.train``. Public PyTorch API only.
-
-    :param policy: the policy
-    :return: a function of the mode (True: training, False: evaluation)
-    """
-    modules = [policy, *policy.q_net.modules()]
-    plain = "training_mode" in PLAIN or not (
-        type(policy).set_training_mode is DQNPolicy.set_training_mode
-        and type(policy.q_net).set_training_mode is BasePolicy.set_training_mode
-        and all(type(module).train is th.nn.Module.train for module in modules)
-    )
-    if plain:
-        return policy.set_training_mode
-
-    def set_flags(mode: bool) -> None:
-        for module in modules:
-            module.training = mode
-
-    return set_flags

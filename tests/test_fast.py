@@ -172,19 +172,6 @@ def test_rollout_actions_match_dqn_predict() -> None:
         assert np.random.rand() == next_fast  # the same random numbers were drawn
 
 
-def test_training_mode_switch_sets_the_flags_sb3_sets() -> None:
-    """``_set_training_mode`` (flags set directly) leaves every module as SB3's ``set_training_mode`` does."""
-    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), device="cpu")
-    reference = copy.deepcopy(model.policy)
-    assert model._set_training_mode != model.policy.set_training_mode  # SB3's own policy: the direct path is taken
-    for mode in (True, False, True, False):
-        model._set_training_mode(mode)
-        reference.set_training_mode(mode)
-        assert [module.training for module in model.policy.modules()] == [module.training for module in reference.modules()]
-        assert model.q_net.q_net[0].training is mode and model.policy.training is mode
-        assert not model.q_net_target.training  # the target network stays in evaluation mode
-
-
 class ModeRecordingExtractor(FlattenExtractor):
     """A features extractor with its own ``train()``, which must be called."""
 
@@ -199,7 +186,6 @@ def test_a_module_with_its_own_train_goes_through_set_training_mode() -> None:
     ModeRecordingExtractor.modes.clear()
     policy_kwargs = dict(net_arch=[8], features_extractor_class=ModeRecordingExtractor)
     model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=policy_kwargs, learning_starts=10, train_freq=5, device="cpu")
-    assert model._set_training_mode == model.policy.set_training_mode
     model.learn(30)
     assert True in ModeRecordingExtractor.modes and False in ModeRecordingExtractor.modes
     assert not model.q_net_target.training
@@ -460,3 +446,11 @@ def test_zero_grad_sets_every_gradient_to_none_as_the_optimizer_does() -> None:
     assert any(p.grad is not None for p in model.policy.parameters())
     fast.zero_grad(model.policy.optimizer, list(model.policy.parameters()))
     assert all(p.grad is None for p in model.policy.parameters())
+
+
+def test_a_deep_copy_of_the_model_uses_its_own_networks() -> None:
+    """The cached forward passes and parameter list of a copied model belong to the copy."""
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), seed=0, device="cpu")
+    copied = copy.deepcopy(model)
+    assert copied._online_forward.network is copied.q_net and copied._target_forward.network is copied.q_net_target
+    assert all(a is b for a, b in zip(copied._policy_parameters, copied.policy.parameters(), strict=True))
