@@ -102,12 +102,23 @@ def paired_saving(piece: str, setting: str, steps: int, seed: int, next_action: 
     start = time.perf_counter()
     model.learn(steps, reset_num_timesteps=False)
     elapsed = time.perf_counter() - start
+    if any(not times[True] or not times[False] for times in phases.values()):
+        raise ValueError(f"--steps {steps}: too few for two calls of each phase of {piece} in the {setting!r} setting")
     saved = sum(
         (statistics.median(times[True]) - statistics.median(times[False])) * (len(times[True]) + len(times[False]))
         for times in phases.values()
     )
     with_piece = elapsed - saved / 2  # half the calls ran without the piece
     return saved / with_piece, steps / with_piece
+
+
+def describe(args: argparse.Namespace, mode: str) -> str:
+    """The line above a table: what ran, on which machine."""
+    return (
+        f"DeepSARSA (`{args.next_action}`), {mode}, {args.steps} steps per run, {args.repetitions} repetitions, "
+        f"torch threads: {th.get_num_threads()}; {cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {th.__version__}, device cpu."
+    )
 
 
 def main_paired(args: argparse.Namespace) -> str:
@@ -120,9 +131,7 @@ def main_paired(args: argparse.Namespace) -> str:
                 results.setdefault((setting, piece), []).append((saving, rate))
                 print(f"rep {repetition} {setting:>5} {piece:>16}: saves {saving:+.1%} ({rate:.0f} steps/s)", flush=True)
     lines = [
-        f"DeepSARSA (`{args.next_action}`), paired calls, {args.steps} steps per run, {args.repetitions} repetitions, "
-        f"torch threads: {th.get_num_threads()}; {cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {th.__version__}, device cpu.",
+        describe(args, "paired calls"),
         "",
         "| setting | piece | time saved, share of the run (median) | min–max over repetitions |",
         "|---|---|---:|---:|",
@@ -165,9 +174,7 @@ def main_runs(args: argparse.Namespace) -> str:
                 print(f"rep {repetition} {setting:>5} {variant:>16}: {wall:6.0f} steps/s wall, {cpu:6.0f} CPU", flush=True)
 
     lines = [
-        f"DeepSARSA (`{args.next_action}`), {args.steps} steps per run, {args.repetitions} repetitions, "
-        f"torch threads: {th.get_num_threads()}; {cpu_model()}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {th.__version__}, device cpu.",
+        describe(args, "whole runs"),
         "",
         "| setting | on the plain path | steps/s CPU time (median) | gain of the piece, CPU time | gain, wall-clock |",
         "|---|---|---:|---:|---:|",

@@ -87,6 +87,8 @@ def test_the_speed_scripts_run(capsys: pytest.CaptureFixture[str]) -> None:
     for variant in ("all plain", "direct_forward"):
         wall, cpu = ablation.steps_per_second(variant, "zoo", 1040, seed=0)
         assert wall > 0 and cpu > 0 and not fast.PLAIN  # the switches were put back
+    saving, rate = ablation.paired_saving("zero_grad", "zoo", 300, seed=0)
+    assert -1 < saving < 1 and rate > 0 and not fast.PLAIN
     assert ablation.cpu_model()
     import parameter_hash
 
