@@ -156,7 +156,8 @@ def check_model_file(path: pathlib.Path) -> dict[str, Any]:
 
 def _never_saved(model_class: type) -> frozenset[str]:
     """The attributes that ``save`` leaves out (env, policy, device, ...): a file that has one was not written by ``save``."""
-    return frozenset(model_class.__new__(model_class)._excluded_save_params())
+    blank: Any = object.__new__(model_class)  # the method reads no state
+    return frozenset(blank._excluded_save_params())
 
 
 def _check_key(name: str, key: str, model_class: type, never_saved: frozenset[str]) -> None:
@@ -376,7 +377,7 @@ def read_replay_buffer(path: Source, trusted: bool = False) -> tuple[str, Replay
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such replay buffer file")
     with open(path, "rb") as file:
-        return str(path), _replay_buffer_in(file, str(path), trusted)  # type: ignore[arg-type]
+        return str(path), _replay_buffer_in(file, str(path), trusted)
 
 
 def _replay_buffer_in(file: io.BufferedIOBase, name: str, trusted: bool) -> ReplayBuffer:
