@@ -7,8 +7,11 @@ The ``deep-sarsa`` command: train, evaluate, watch and plot DeepSARSA agents.
     deep-sarsa enjoy runs/CartPole-v1-sampled-seed0/model.zip --record cartpole.mp4
     deep-sarsa plot runs/CartPole-v1-sampled-seed0 runs/CartPole-v1-stored-seed0
 
-Exit codes: 0 on success, 2 for bad input (unknown env, bad hyperparameter, unreadable model
-file, bad arguments), 1 when something fails while running (or an optional package is
+Models are loaded safely (no code from the file runs; a file that would run some is refused)
+unless --trusted is given.
+
+Exit codes: 0 on success, 2 for bad input (unknown env, bad hyperparameter, unreadable,
+malformed or refused model file, bad arguments), 1 when something fails while running (or an optional package is
 missing), 130 when interrupted.
 """
 
@@ -36,6 +39,7 @@ from deep_sarsa.callbacks import SaveOnInterrupt
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.finite import NonFiniteError
 from deep_sarsa.presets import load_presets, parse_policy_kwargs
+from deep_sarsa.safe_pickle import UnsafeFileError
 from deep_sarsa.validation import make_env
 
 console = Console()
@@ -105,9 +109,11 @@ def _env_id_of(model_path: pathlib.Path, env_id: str | None) -> str:
     raise UsageError(f"{model_path}: no {RUN_FILE} beside the model to say its env: pass --env ENV_ID")
 
 
-def _load(model_path: pathlib.Path) -> DeepSARSA:
+def _load(model_path: pathlib.Path, trusted: bool) -> DeepSARSA:
     try:
-        return DeepSARSA.load(model_path, device="cpu")
+        return DeepSARSA.load(model_path, device="cpu", trusted=trusted)
+    except UnsafeFileError as error:
+        raise UsageError(str(error).replace("with trusted=True", "with --trusted")) from error
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from error
 
@@ -183,7 +189,7 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Evaluate a saved model: mean ± std of the return, episode lengths."""
-    model = _load(args.model)
+    model = _load(args.model, args.trusted)
     env_id = _env_id_of(args.model, args.env)
     env = Monitor(make_env(env_id))
     returns, lengths = evaluate_policy(
@@ -277,7 +283,7 @@ def enjoy(args: argparse.Namespace) -> int:
         if args.record.suffix.lower() != ".mp4":
             raise UsageError(f"--record writes an MP4 video: the file name must end in .mp4, got {args.record}")
         _require_video_extra()
-    model = _load(args.model)
+    model = _load(args.model, args.trusted)
     env_id = _env_id_of(args.model, args.env)
     render_mode = "rgb_array" if output is not None else "human"
     try:
@@ -353,6 +359,14 @@ def plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_trusted(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trusted",
+        action="store_true",
+        help="load the model as SB3 does, running any code its file names (only for files you trust; see docs/trust.md)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deep-sarsa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -384,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default=None, help="env id (default: the one in run.json beside the model)")
     p.add_argument("--stochastic", action="store_true", help="ε-greedy instead of greedy")
     p.add_argument("--json", action="store_true")
+    _add_trusted(p)
     p.set_defaults(func=evaluate)
 
     p = commands.add_parser("enjoy", help="watch a saved model, or record it")
@@ -396,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     recording.add_argument(
         "--record", type=pathlib.Path, default=None, metavar="VIDEO.mp4", help="record to this MP4 video (extra: video)"
     )
+    _add_trusted(p)
     p.set_defaults(func=enjoy)
 
     p = commands.add_parser("plot", help="learning curves of runs in one PNG")

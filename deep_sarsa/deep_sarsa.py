@@ -32,7 +32,7 @@ from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
 from deep_sarsa import fast
 from deep_sarsa.buffers import bootstrap_rows, mark_newest_rows_truncated, sample_with_indices, stored_or_missing
-from deep_sarsa.files import load_checked, save_atomically
+from deep_sarsa.files import fit_replay_buffer, load_checked, read_replay_buffer, save_atomically
 from deep_sarsa.finite import NonFiniteError, check_finite
 from deep_sarsa.masking import attach_masks, check_action_masks, masks_of, record_next_masks, sample_valid_actions
 from deep_sarsa.targets import (
@@ -588,13 +588,52 @@ class DeepSARSA(OffPolicyAlgorithm):
         custom_objects: dict[str, Any] | None = None,
         print_system_info: bool = False,
         force_reset: bool = True,
+        trusted: bool = False,
         **kwargs: Any,
     ) -> SelfDeepSARSA:
         """
-        SB3's ``load``, with clear errors for a file that is not a model zip (or is truncated), a model
-        of another algorithm, and an env whose spaces differ from the model's (:func:`deep_sarsa.files.load_checked`).
+        SB3's ``load``, safe for a file from anyone unless ``trusted`` (:func:`deep_sarsa.files.load_checked`):
+        the file's serialized entries are rebuilt with an allowlist of globals (what DeepSARSA's own
+        files contain) and anything else is refused with ``UnsafeFileError`` before it runs; a
+        malformed file, a model of another algorithm, invalid hyperparameters and an env whose spaces
+        differ from the model's are ``ValueError`` naming the file.
+
+        :param trusted: unpickle the file as SB3 does, running any code it names: only for files
+            you trust (needed for, e.g., a ``learning_rate`` that is a lambda or a user class in
+            ``policy_kwargs``). See docs/trust.md.
         """
-        return load_checked(super().load, path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        return load_checked(
+            super().load,
+            path,
+            env,
+            device,
+            model_class=cls,
+            custom_objects=custom_objects,
+            trusted=trusted,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
+        )
+
+    def load_replay_buffer(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        truncate_last_traj: bool = True,
+        trusted: bool = False,
+    ) -> None:
+        """
+        SB3's ``load_replay_buffer``, safe unless ``trusted``: the pickle is read with an allowlist
+        (SB3's replay buffers, arrays, spaces, the masks of :mod:`deep_sarsa.masking`), and a
+        buffer whose spaces or number of envs differ from the model's is refused. A failure
+        (``ValueError`` naming the file) leaves the model and its current buffer as they were.
+
+        :param path: the pickled replay buffer (``.pkl`` may be left out)
+        :param truncate_last_traj: for ``HerReplayBuffer``: end its last trajectory
+        :param trusted: unpickle the file as SB3 does, running any code it names
+        """
+        name, buffer = read_replay_buffer(path, trusted)
+        fit_replay_buffer(name, buffer, self, truncate_last_traj)
+        self.replay_buffer = buffer
 
     def _excluded_save_params(self) -> list[str]:
         cached = ["q_net", "q_net_target", "_policy_parameters", "_online_forward", "_target_forward"]

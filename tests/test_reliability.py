@@ -214,7 +214,8 @@ def test_ctrl_c_with_save_on_interrupt_stops_cleanly_and_saves(tmp_path: Path, p
     # The rollout in progress (train_freq=4) is finished and trained on, then learn() returns
     assert model.num_timesteps == 140
     assert signal.getsignal(signal.SIGINT) is handler
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip", "replay_buffer.pkl", "state.pkl"]
+    files = ["model.zip", "replay_buffer.pkl", "state.pkl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files + [f"{name}.sig" for name in files])  # signed
     loaded = load_checkpoint(tmp_path)
     assert loaded.replay_buffer is not None and loaded.replay_buffer.size() == 140
     resumed = resume(tmp_path)
