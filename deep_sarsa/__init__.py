@@ -4,7 +4,8 @@ from stable_baselines3.dqn.policies import CnnPolicy, MlpPolicy, MultiInputPolic
 
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.finite import NonFiniteError
+from deep_sarsa.safe_pickle import UnsafeFileError
 
 __version__ = "0.1.0"
 
-__all__ = ["CnnPolicy", "DeepSARSA", "MlpPolicy", "MultiInputPolicy", "NonFiniteError", "__version__"]
+__all__ = ["CnnPolicy", "DeepSARSA", "MlpPolicy", "MultiInputPolicy", "NonFiniteError", "UnsafeFileError", "__version__"]
