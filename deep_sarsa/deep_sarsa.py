@@ -285,6 +285,7 @@ class DeepSARSA(OffPolicyAlgorithm):
             self._setup_model()
 
     def _setup_model(self) -> None:
+        self._check_settings()  # at load, the saved settings with the overrides given to load()
         estimate = replay_buffer_bytes(
             self.observation_space, self.action_space, self.buffer_size, self.n_envs, self.optimize_memory_usage
         )
@@ -390,7 +391,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         if self._checking_raw:
             raw_check.steps = self.num_timesteps
         elif self.check_finite and self._last_obs is not last_obs and self._last_obs is not None:
-            check_reset_observation(self._last_obs, self.n_envs)  # type: ignore[arg-type]
+            check_reset_observation(self._last_obs, self.n_envs)
         self._timesteps_at_episode_end = min(self._timesteps_at_episode_end, self.num_timesteps)
         self._create_aliases()  # the networks may have been changed since the set-up
         if self._last_obs is not last_obs and self.replay_buffer is not None:
@@ -690,8 +691,8 @@ class DeepSARSA(OffPolicyAlgorithm):
             return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
         except NonFiniteError:
             # The envs are past the observation the model last saw: the next learn() resets them
-            self._last_obs = None  # type: ignore[assignment]
-            self._last_original_obs = None  # type: ignore[assignment]
+            self._last_obs = None
+            self._last_original_obs = None
             raise
         finally:
             self._learning = False

@@ -110,11 +110,13 @@ class RawFiniteCheck(VecEnvWrapper):
 
     def reset(self) -> VecEnvObs:
         observation = self.venv.reset()
+        assert isinstance(observation, (np.ndarray, dict))
         check_reset_observation(observation, self.num_envs)
         return observation
 
     def step_wait(self) -> VecEnvStepReturn:
         observation, rewards, dones, infos = self.venv.step_wait()
+        assert isinstance(observation, (np.ndarray, dict))
         check_finite(observation, rewards, infos, dones, self.steps + self.num_envs)
         self.steps += self.num_envs
         return observation, rewards, dones, infos

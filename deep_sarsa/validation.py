@@ -189,7 +189,6 @@ def check_policy(policy: Any, aliases: dict[str, type], policy_kwargs: dict[str,
             )
 
 
-
 def check_hyperparameters(
     *,
     learning_rate: float | Callable[[float], float],
@@ -230,7 +229,9 @@ def check_hyperparameters(
 
     :raises ValueError: naming the first bad parameter, what it must be and what it was
     """
-    _require(isinstance(next_action, str) and next_action in NEXT_ACTIONS, "next_action", f"one of {NEXT_ACTIONS}", next_action)
+    _require(
+        isinstance(next_action, str) and next_action in NEXT_ACTIONS, "next_action", f"one of {NEXT_ACTIONS}", next_action
+    )
     _require(isinstance(loss, str) and loss in LOSSES, "loss", f"one of {LOSSES}", loss)
     initial_lr = learning_rate(1.0) if callable(learning_rate) else learning_rate
     _require(
@@ -259,9 +260,7 @@ def check_hyperparameters(
         ("exploration_final_eps", exploration_final_eps),
     ]:
         _require(_is_number(value) and 0 <= value <= 1, name, "in [0, 1]", value)
-    _require(
-        _is_number(max_grad_norm) and max_grad_norm >= 0, "max_grad_norm", "a non-negative number", max_grad_norm
-    )
+    _require(_is_number(max_grad_norm) and max_grad_norm >= 0, "max_grad_norm", "a non-negative number", max_grad_norm)
     check_policy_kwargs(policy_kwargs)
     _require(
         replay_buffer_class is None or _is_subclass(replay_buffer_class, ReplayBuffer),

@@ -19,14 +19,14 @@ from deep_sarsa import DeepSARSA
 from deep_sarsa.deep_sarsa import NextState
 from deep_sarsa.wrappers import ZeroBasedActions
 
-SMALL = dict(learning_starts=10, buffer_size=500, batch_size=8, seed=0)
-ALGORITHMS = [DQN, DeepSARSA]
+SMALL: dict[str, Any] = dict(learning_starts=10, buffer_size=500, batch_size=8, seed=0)
+ALGORITHMS: list[type[Any]] = [DQN, DeepSARSA]
 
 
 @pytest.fixture
 def sync_counts(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[type, int]]:
     """How many times each algorithm calls polyak_update (twice per target sync: weights, then batch-norm stats)."""
-    counts = {DQN: 0, DeepSARSA: 0}
+    counts: dict[type, int] = {DQN: 0, DeepSARSA: 0}
 
     def counting(algorithm: type, original: Callable[..., None]) -> Callable[..., None]:
         def polyak_update(*args: Any, **kwargs: Any) -> None:
@@ -72,7 +72,7 @@ def test_a_bad_target_update_interval_set_later_is_refused_when_learning_starts(
         model.learn(10)
 
 
-def record_train_calls(model: BaseAlgorithm) -> list[tuple[int, int]]:
+def record_train_calls(model: Any) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     train = model.train
 
@@ -80,7 +80,7 @@ def record_train_calls(model: BaseAlgorithm) -> list[tuple[int, int]]:
         calls.append((gradient_steps, batch_size))
         train(gradient_steps, batch_size)
 
-    model.train = recording  # type: ignore[method-assign]
+    model.train = recording
     return calls
 
 
@@ -156,17 +156,18 @@ def test_learning_rate_from_custom_objects_is_used_as_in_dqn(learning_rate: floa
 )
 def test_what_dqn_accepts_is_accepted_with_a_warning(keyword: str, value: Any, warning: str) -> None:
     settings = dict(SMALL, **{keyword: value})
-    DQN("MlpPolicy", "CartPole-v1", **settings).learn(40)  # type: ignore[arg-type]
+    DQN("MlpPolicy", "CartPole-v1", **settings).learn(40)
     with pytest.warns(UserWarning, match=warning):
-        model = DeepSARSA("MlpPolicy", "CartPole-v1", **settings)  # type: ignore[arg-type]
+        model = DeepSARSA("MlpPolicy", "CartPole-v1", **settings)
     model.learn(40)
     assert model._n_updates > 0
 
 
 def test_a_policy_that_is_not_a_q_network_policy_is_refused_naming_those_that_work() -> None:
-    for policy in (ActorCriticPolicy, "ActorCriticPolicy"):
+    policies: list[Any] = [ActorCriticPolicy, "ActorCriticPolicy"]
+    for policy in policies:
         with pytest.raises(ValueError, match=r"policy must be one of 'MlpPolicy', 'CnnPolicy', 'MultiInputPolicy' or a sub"):
-            DeepSARSA(policy, "CartPole-v1")  # type: ignore[arg-type]
+            DeepSARSA(policy, "CartPole-v1")
 
 
 def test_policy_kwargs_the_policy_does_not_take_are_refused() -> None:
