@@ -85,7 +85,7 @@ def parse_hyperparameters(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _literal(text: str, key: str) -> Any:
-    if text.startswith("dict(") and text.endswith(")"):
+    if text.startswith("dict("):  # an unbalanced "dict(" is reported as such, not taken as a string
         try:
             return parse_policy_kwargs(text, key)
         except ValueError as error:

@@ -33,7 +33,14 @@ from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 from deep_sarsa import fast
 from deep_sarsa.buffers import bootstrap_rows, mark_newest_rows_truncated, sample_with_indices, stored_or_missing
 from deep_sarsa.files import fit_replay_buffer, load_checked, read_replay_buffer, save_atomically
-from deep_sarsa.finite import NonFiniteError, check_finite
+from deep_sarsa.finite import (
+    NonFiniteError,
+    check_finite,
+    check_predict_observation,
+    check_reset_observation,
+    install_raw_check,
+    remove_raw_check,
+)
 from deep_sarsa.masking import attach_masks, check_action_masks, masks_of, record_next_masks, sample_valid_actions
 from deep_sarsa.targets import (
     LossName,
@@ -44,7 +51,19 @@ from deep_sarsa.targets import (
     sarsa_target,
     td_loss,
 )
-from deep_sarsa.validation import check_hyperparameters, make_env, parse_target_update_interval
+from deep_sarsa.validation import (
+    check_buffer_memory,
+    check_discrete_start,
+    check_hyperparameters,
+    check_learning_rate_value,
+    check_n_steps_observations,
+    check_policy,
+    check_total_timesteps,
+    make_env,
+    memory_bytes,
+    parse_target_update_interval,
+    replay_buffer_bytes,
+)
 
 __all__ = ["DeepSARSA", "NextState", "NonFiniteError"]
 
@@ -52,6 +71,10 @@ SelfDeepSARSA = TypeVar("SelfDeepSARSA", bound="DeepSARSA")
 
 NextActionName = Literal["sampled", "expected", "stored"]
 Samples = ReplayBufferSamples | DictReplayBufferSamples
+
+#: With ``target_update_interval=(K, "episode")``, env steps without any episode end before a warning
+#: that the target network is not being synced (an env whose episodes never end)
+NO_EPISODE_END_WARNING_STEPS = 100_000
 
 
 class NextState(NamedTuple):
@@ -192,6 +215,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         check_hyperparameters(
             **{key: value for key, value in locals().items() if key not in ("self", "policy", "env", "__class__")}
         )
+        check_policy(policy, self.policy_aliases, policy_kwargs)
         super().__init__(
             policy,
             make_env(env) if isinstance(env, str) else env,
@@ -225,6 +249,10 @@ class DeepSARSA(OffPolicyAlgorithm):
                 f"but the env's action_space is {self.action_space}. "
                 "For continuous actions use SAC/TD3; for MultiDiscrete, flatten it into one Discrete space."
             )
+        if env is not None:
+            assert isinstance(self.action_space, spaces.Discrete)
+            check_discrete_start(self.action_space)
+            check_n_steps_observations(n_steps, replay_buffer_class, self.observation_space)
 
         self.exploration_initial_eps = exploration_initial_eps
         self.exploration_final_eps = exploration_final_eps
@@ -246,11 +274,22 @@ class DeepSARSA(OffPolicyAlgorithm):
         # Whether the current env is masked (set by `learn()`), and the masks of its current states
         self._masking = False
         self._last_masks: np.ndarray | None = None
+        # Whether a RawFiniteCheck under VecNormalize checks the env's outputs (set by `learn()`)
+        self._checking_raw = False
+        # For the warning about an env whose episodes never end (target_update_interval in episodes)
+        self._episode_num_seen = 0
+        self._timesteps_at_episode_end = 0
+        self._warned_no_episode_end = False
 
         if _init_setup_model:
             self._setup_model()
 
     def _setup_model(self) -> None:
+        self._check_settings()  # at load, the saved settings with the overrides given to load()
+        estimate = replay_buffer_bytes(
+            self.observation_space, self.action_space, self.buffer_size, self.n_envs, self.optimize_memory_usage
+        )
+        check_buffer_memory(estimate, self.buffer_size, *memory_bytes())
         # Built with fused Adam unless the user chose the implementation; what is saved stays as the user gave it
         user_policy_kwargs = self.policy_kwargs
         self.policy_kwargs = fast.with_fused_adam(user_policy_kwargs, self.device)
@@ -267,7 +306,7 @@ class DeepSARSA(OffPolicyAlgorithm):
             self.exploration_final_eps,
             self.exploration_fraction,
         )
-        self._target_update_frequency, self._target_update_unit = parse_target_update_interval(self.target_update_interval)
+        self._parse_target_update_interval()
         if self.next_action == "stored" and isinstance(self.replay_buffer, HerReplayBuffer):
             raise ValueError(
                 "next_action='stored' reads a' from the next row of the replay buffer, which "
@@ -281,6 +320,47 @@ class DeepSARSA(OffPolicyAlgorithm):
                 f"which corresponds to {self.n_envs} steps.",
                 stacklevel=2,
             )
+
+    def _parse_target_update_interval(self) -> None:
+        """Read ``target_update_interval`` (again: DQN reads it at every step, so a new value takes effect at once)."""
+        self._target_update_frequency, self._target_update_unit = parse_target_update_interval(self.target_update_interval)
+        self._target_update_source = self.target_update_interval
+
+    def _check_settings(self) -> None:
+        """
+        Validate the model's current settings as the constructor validates its arguments (raising
+        ``ValueError`` naming the setting): values changed since, by assignment or by
+        ``load(..., **kwargs)`` / ``custom_objects``, are checked too. Called when ``learn()`` starts.
+        """
+        check_hyperparameters(
+            learning_rate=self.learning_rate,
+            buffer_size=self.buffer_size,
+            learning_starts=self.learning_starts,
+            batch_size=self.batch_size,
+            tau=self.tau,
+            gamma=self.gamma,
+            train_freq=self.train_freq,
+            gradient_steps=self.gradient_steps,
+            n_steps=self.n_steps,
+            target_update_interval=self.target_update_interval,
+            exploration_fraction=self.exploration_fraction,
+            exploration_initial_eps=self.exploration_initial_eps,
+            exploration_final_eps=self.exploration_final_eps,
+            max_grad_norm=self.max_grad_norm,
+            next_action=self.next_action,
+            loss=self.loss,
+            policy_kwargs=self.policy_kwargs,
+            replay_buffer_class=self.replay_buffer_class,
+            replay_buffer_kwargs=self.replay_buffer_kwargs,
+            optimize_memory_usage=self.optimize_memory_usage,
+            stats_window_size=self._stats_window_size,
+            device=self.device,
+            use_masking=self.use_masking,
+            check_finite=self.check_finite,
+            flush_denormal=self.flush_denormal,
+            warn=False,
+        )
+        check_policy(self.policy_class, self.policy_aliases, self.policy_kwargs)
 
     def _create_aliases(self) -> None:
         self.q_net = self.policy.q_net
@@ -299,8 +379,19 @@ class DeepSARSA(OffPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> tuple[int, Any]:
         self._stop_requested = False
+        self._check_settings()
         last_obs = self._last_obs
+        # With VecNormalize, the raw values are checked under it, before they reach its statistics
+        self._checking_raw = self.check_finite and self._vec_normalize_env is not None
+        if self._checking_raw:
+            assert self._vec_normalize_env is not None
+            raw_check = install_raw_check(self._vec_normalize_env)
         result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if self._checking_raw:
+            raw_check.steps = self.num_timesteps
+        elif self.check_finite and self._last_obs is not last_obs and self._last_obs is not None:
+            check_reset_observation(self._last_obs, self.n_envs)
+        self._timesteps_at_episode_end = min(self._timesteps_at_episode_end, self.num_timesteps)
         self._create_aliases()  # the networks may have been changed since the set-up
         if self._last_obs is not last_obs and self.replay_buffer is not None:
             # The envs were reset: the episodes of the newest rows will never continue
@@ -323,7 +414,11 @@ class DeepSARSA(OffPolicyAlgorithm):
         This method is called in ``collect_rollouts()`` after each step in the environment.
         """
         self._n_calls += 1
+        if self.target_update_interval != self._target_update_source:
+            self._parse_target_update_interval()
+            self._episode_num_at_target_update = self._episode_num  # a new count of K episodes starts now
         if self._target_update_unit == "episode":
+            self._warn_if_no_episode_ends()
             # `_episode_num` counts the episodes that ended before this step, so the sync happens
             # after the last gradient step of the K-th episode, as in the lecture's loop
             if self._episode_num - self._episode_num_at_target_update >= self._target_update_frequency:
@@ -335,6 +430,28 @@ class DeepSARSA(OffPolicyAlgorithm):
 
         self.exploration_rate = self.exploration_schedule(self._current_progress_remaining)
         self.logger.record("rollout/exploration_rate", self.exploration_rate)
+
+    def _warn_if_no_episode_ends(self) -> None:
+        """Warn once when no episode has ended for :data:`NO_EPISODE_END_WARNING_STEPS` steps: the target is never synced."""
+        if self._episode_num != self._episode_num_seen:
+            self._episode_num_seen, self._timesteps_at_episode_end = self._episode_num, self.num_timesteps
+        elif (
+            not self._warned_no_episode_end
+            and self.num_timesteps - self._timesteps_at_episode_end >= NO_EPISODE_END_WARNING_STEPS
+        ):
+            self._warned_no_episode_end = True
+            warnings.warn(
+                f"target_update_interval={self.target_update_interval!r} counts episodes, but no episode has ended in "
+                f"{self.num_timesteps - self._timesteps_at_episode_end} env steps: the target network is not being "
+                "synced (does the env ever end an episode? a TimeLimit wrapper ends them)",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
+        # Each value of the schedule is checked when it is applied, not only the first
+        check_learning_rate_value(self.lr_schedule(self._current_progress_remaining), self._current_progress_remaining)
+        super()._update_learning_rate(optimizers)
 
     def _update_target_network(self) -> None:
         polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
@@ -498,6 +615,8 @@ class DeepSARSA(OffPolicyAlgorithm):
             chosen among them
         :return: the model's action and the next state (used in recurrent policies)
         """
+        if self.check_finite:
+            check_predict_observation(observation)
         if action_masks is None:
             return DQN.predict(self, observation, state, episode_start, deterministic)  # type: ignore[arg-type]
         self.policy.set_training_mode(False)
@@ -519,8 +638,12 @@ class DeepSARSA(OffPolicyAlgorithm):
         dones: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        if self.check_finite:
-            check_finite(new_obs, reward, infos, dones, self.num_timesteps)
+        if self.check_finite and not self._checking_raw:
+            try:
+                check_finite(new_obs, reward, infos, dones, self.num_timesteps)
+            except NonFiniteError:
+                self.num_timesteps -= self.n_envs  # the step is not stored: it is not counted either
+                raise
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
         if self._masking:
             assert self.env is not None
@@ -561,11 +684,19 @@ class DeepSARSA(OffPolicyAlgorithm):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfDeepSARSA:
+        total_timesteps = check_total_timesteps(total_timesteps)
         self._learning = True
         try:
             return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        except NonFiniteError:
+            # The envs are past the observation the model last saw: the next learn() resets them
+            self._last_obs = None
+            self._last_original_obs = None
+            raise
         finally:
             self._learning = False
+            if self._vec_normalize_env is not None:
+                remove_raw_check(self._vec_normalize_env)
 
     def save(
         self,

@@ -3,6 +3,8 @@
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 
 class NonFiniteError(ValueError):
@@ -48,3 +50,95 @@ def check_finite(
             f"{what}{value} with NaN or inf from env {env} at step {step}: training stopped before it reached the replay "
             "buffer; the model is as it was before this step and can be saved (check_finite=False skips this check)"
         )
+
+
+def _bad_rows(observation: np.ndarray | dict[str, np.ndarray], rows: int) -> np.ndarray:
+    """Which of ``rows`` observations hold a NaN or an infinity (float parts only)."""
+    parts = observation.values() if isinstance(observation, dict) else [observation]
+    bad = np.zeros(rows, dtype=bool)
+    for part in parts:
+        array = np.asarray(part)
+        if array.dtype.kind == "f":
+            bad |= ~np.isfinite(array.reshape(rows, -1)).all(axis=1)
+    return bad
+
+
+def check_reset_observation(observation: np.ndarray | dict[str, np.ndarray], n_envs: int) -> None:
+    """
+    Raise :class:`NonFiniteError` if an observation that ``reset()`` returned is NaN or ±inf.
+
+    :param observation: the observations of the ``n_envs`` envs
+    :param n_envs: the number of envs
+    """
+    bad = _bad_rows(observation, n_envs)
+    if bad.any():
+        raise NonFiniteError(
+            f"observation with NaN or inf from env {int(np.flatnonzero(bad)[0])} returned by reset() at the start of "
+            "learn(): training stopped before it reached the replay buffer (check_finite=False skips this check)"
+        )
+
+
+def check_predict_observation(observation: np.ndarray | dict[str, np.ndarray]) -> None:
+    """
+    Raise :class:`NonFiniteError` if an observation given to ``predict()`` is NaN or ±inf.
+
+    :param observation: one observation or a batch of them (an array, or a dict of arrays)
+    """
+    parts = observation.values() if isinstance(observation, dict) else [observation]
+    for part in parts:
+        array = np.asarray(part)
+        if array.dtype.kind == "f" and np.count_nonzero(np.isfinite(array)) != array.size:
+            raise NonFiniteError(
+                "the observation given to predict() holds NaN or inf: the Q-values would be meaningless "
+                "(check_finite=False skips this check)"
+            )
+
+
+class RawFiniteCheck(VecEnvWrapper):
+    """
+    :func:`check_finite` of the env's raw outputs, placed under ``VecNormalize`` while ``learn()``
+    runs (:func:`install_raw_check`): a bad value stops training before ``VecNormalize`` adds it
+    to its running statistics, and the error names the env and the raw value.
+
+    :param venv: the env under ``VecNormalize``
+    """
+
+    def __init__(self, venv: VecEnv) -> None:
+        super().__init__(venv)
+        #: env steps so far (set by the model when learn() starts)
+        self.steps = 0
+
+    def reset(self) -> VecEnvObs:
+        observation = self.venv.reset()
+        assert isinstance(observation, (np.ndarray, dict))
+        check_reset_observation(observation, self.num_envs)
+        return observation
+
+    def step_wait(self) -> VecEnvStepReturn:
+        observation, rewards, dones, infos = self.venv.step_wait()
+        assert isinstance(observation, (np.ndarray, dict))
+        check_finite(observation, rewards, infos, dones, self.steps + self.num_envs)
+        self.steps += self.num_envs
+        return observation, rewards, dones, infos
+
+
+def install_raw_check(vec_normalize: VecNormalize) -> RawFiniteCheck:
+    """
+    Put a :class:`RawFiniteCheck` directly under ``vec_normalize`` (once).
+
+    :param vec_normalize: the model's ``VecNormalize``
+    :return: the check
+    """
+    if not isinstance(vec_normalize.venv, RawFiniteCheck):
+        vec_normalize.venv = RawFiniteCheck(vec_normalize.venv)
+    return vec_normalize.venv
+
+
+def remove_raw_check(vec_normalize: VecNormalize) -> None:
+    """
+    Take the :class:`RawFiniteCheck` out from under ``vec_normalize``, if there is one.
+
+    :param vec_normalize: the model's ``VecNormalize``
+    """
+    if isinstance(vec_normalize.venv, RawFiniteCheck):
+        vec_normalize.venv = vec_normalize.venv.venv

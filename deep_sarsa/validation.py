@@ -1,14 +1,28 @@
 """Checks of DeepSARSA's arguments: each failure names the parameter and says what was expected."""
 
+import inspect
+import math
+import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import TrainFrequencyUnit
+from stable_baselines3.dqn.policies import DQNPolicy
 
 NEXT_ACTIONS: tuple[str, ...] = ("sampled", "expected", "stored")
 LOSSES: tuple[str, ...] = ("mse", "huber")
 TARGET_UPDATE_UNITS: tuple[str, ...] = ("step", "episode")
+TRAIN_FREQ_UNITS: tuple[str, ...] = ("step", "episode")
+#: A replay buffer estimated above this fraction of the available memory is warned about
+BUFFER_MEMORY_WARNING_FRACTION = 0.5
 
 
 def _is_int(value: Any) -> bool:
@@ -19,9 +33,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def _is_subclass(value: Any, base: type) -> bool:
+    return isinstance(value, type) and issubclass(value, base)
+
+
 def _require(ok: bool, name: str, expected: str, value: Any) -> None:
     if not ok:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=5)
 
 
 def parse_target_update_interval(value: Any) -> tuple[int, str]:
@@ -33,7 +59,7 @@ def parse_target_update_interval(value: Any) -> tuple[int, str]:
     """
     if isinstance(value, (tuple, list)):
         _require(
-            len(value) == 2 and value[1] in TARGET_UPDATE_UNITS,
+            len(value) == 2 and isinstance(value[1], str) and value[1] in TARGET_UPDATE_UNITS,
             "target_update_interval",
             "an int or a tuple (K, 'step') / (K, 'episode')",
             value,
@@ -47,6 +73,122 @@ def parse_target_update_interval(value: Any) -> tuple[int, str]:
     return int(frequency), unit
 
 
+def check_total_timesteps(total_timesteps: Any) -> int:
+    """
+    ``learn()``'s step count as an int. 0 is accepted (``learn`` then returns at once, as DQN's),
+    and so is a float with an integer value (``1e5``), as SB3 users write it.
+
+    :param total_timesteps: the value given to ``learn()``
+    :return: it as an int
+    """
+    ok = (_is_int(total_timesteps) or (_is_number(total_timesteps) and float(total_timesteps).is_integer())) and (
+        total_timesteps >= 0
+    )
+    _require(ok, "total_timesteps", "a non-negative integer", total_timesteps)
+    return int(total_timesteps)
+
+
+def check_learning_rate_value(value: Any, progress_remaining: float) -> None:
+    """
+    Refuse a value of the learning-rate schedule that is not a non-negative finite number.
+
+    :param value: what the schedule gave
+    :param progress_remaining: where it was evaluated (from 1 to 0)
+    """
+    if not (_is_number(value) and math.isfinite(value) and value >= 0):
+        raise ValueError(
+            "learning_rate must be a non-negative finite number (or a schedule giving one), "
+            f"got {value!r} from the schedule at progress_remaining={progress_remaining:.4g}"
+        )
+
+
+def _check_train_freq(train_freq: Any) -> None:
+    expected = "a positive integer or a tuple (n, 'step'|'episode')"
+    if isinstance(train_freq, (tuple, list)):
+        _require(len(train_freq) == 2, "train_freq", expected, train_freq)
+        frequency, unit = train_freq
+        unit_value = unit.value if isinstance(unit, TrainFrequencyUnit) else unit
+        _require(isinstance(unit_value, str) and unit_value in TRAIN_FREQ_UNITS, "train_freq", expected, train_freq)
+    else:
+        frequency = train_freq
+    _require(_is_int(frequency) and frequency >= 1, "train_freq", expected, train_freq)
+
+
+def _check_device(device: Any) -> None:
+    expected = "'auto' or a torch device ('cpu', 'cuda', 'cuda:0', 'mps', ...)"
+    if isinstance(device, th.device):
+        return
+    _require(isinstance(device, str), "device", expected, device)
+    if device == "auto":
+        return
+    try:
+        th.device(device)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"device must be {expected}, got {device!r}") from error
+
+
+def check_policy_kwargs(policy_kwargs: Any) -> None:
+    """
+    Check the type of the keywords SB3's DQN policies take (the policy itself checks the rest).
+
+    :param policy_kwargs: ``None`` or a dict
+    """
+    _require(
+        policy_kwargs is None or (isinstance(policy_kwargs, dict) and all(isinstance(key, str) for key in policy_kwargs)),
+        "policy_kwargs",
+        "None or a dict of keyword arguments for the policy, e.g. dict(net_arch=[64, 64])",
+        policy_kwargs,
+    )
+    if not policy_kwargs:
+        return
+    net_arch = policy_kwargs.get("net_arch")
+    _require(
+        net_arch is None or (isinstance(net_arch, (list, tuple)) and all(_is_int(size) and size >= 1 for size in net_arch)),
+        "policy_kwargs['net_arch']",
+        "a list of positive layer sizes, e.g. [64, 64]",
+        net_arch,
+    )
+    classes: list[tuple[str, type, str]] = [
+        ("activation_fn", th.nn.Module, "a torch.nn.Module class, e.g. torch.nn.Tanh"),
+        ("optimizer_class", th.optim.Optimizer, "a torch.optim.Optimizer class, e.g. torch.optim.Adam"),
+        ("features_extractor_class", BaseFeaturesExtractor, "a subclass of SB3's BaseFeaturesExtractor"),
+    ]
+    for key, base, expected in classes:
+        if key in policy_kwargs:
+            _require(_is_subclass(policy_kwargs[key], base), f"policy_kwargs['{key}']", expected, policy_kwargs[key])
+    for key in ("optimizer_kwargs", "features_extractor_kwargs"):
+        value = policy_kwargs.get(key)
+        _require(value is None or isinstance(value, dict), f"policy_kwargs['{key}']", "None or a dict", value)
+    if "normalize_images" in policy_kwargs:
+        _require(_is_bool(policy_kwargs["normalize_images"]), "policy_kwargs['normalize_images']", "a bool", policy_kwargs)
+
+
+def check_policy(policy: Any, aliases: dict[str, type], policy_kwargs: dict[str, Any] | None) -> None:
+    """
+    Refuse a policy that is not a Q-network policy, and policy keywords it does not take.
+
+    :param policy: the ``policy`` argument (an alias or a class)
+    :param aliases: the algorithm's policy aliases
+    :param policy_kwargs: the policy's keywords (already type-checked)
+    """
+    names = ", ".join(repr(name) for name in aliases)
+    expected = f"one of {names} or a subclass of stable_baselines3.dqn.policies.DQNPolicy (a Q-network policy)"
+    name = policy if isinstance(policy, str) else getattr(policy, "__name__", repr(policy))
+    if isinstance(policy, str):
+        _require(policy in aliases, "policy", expected, policy)
+        policy = aliases[policy]
+    _require(_is_subclass(policy, DQNPolicy), "policy", expected, policy)
+    if policy_kwargs:
+        parameters = inspect.signature(policy.__init__).parameters
+        accepted = set(parameters) - {"self", "observation_space", "action_space", "lr_schedule"}
+        takes_any = any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values())
+        unknown = sorted(set(policy_kwargs) - accepted)
+        if unknown and not takes_any:
+            raise ValueError(
+                f"policy_kwargs must hold keywords of {name}, got unknown keys {unknown}; it takes {sorted(accepted)}"
+            )
+
+
 def check_hyperparameters(
     *,
     learning_rate: float | Callable[[float], float],
@@ -55,7 +197,7 @@ def check_hyperparameters(
     batch_size: int,
     tau: float,
     gamma: float,
-    train_freq: int | tuple[int, str],
+    train_freq: Any,
     gradient_steps: int,
     n_steps: int,
     target_update_interval: int | tuple[int, str],
@@ -65,34 +207,45 @@ def check_hyperparameters(
     max_grad_norm: float,
     next_action: str,
     loss: str,
+    policy_kwargs: Any = None,
+    replay_buffer_class: Any = None,
+    replay_buffer_kwargs: Any = None,
+    optimize_memory_usage: Any = False,
+    stats_window_size: Any = 100,
+    device: Any = "auto",
+    use_masking: Any = True,
+    check_finite: Any = True,
+    flush_denormal: Any = True,
+    warn: bool = True,
     **others: Any,
 ) -> None:
     """
-    Refuse hyperparameters that cannot work, before anything is built.
+    Refuse hyperparameters that cannot work, before anything is built; warn about those DQN
+    accepts but that are probably a mistake (``tau=0``, ``learning_rate=0``, ``max_grad_norm=0``,
+    ``batch_size > buffer_size``).
 
+    :param warn: whether to warn (the checks at ``learn()`` leave the warnings to the constructor)
     :param others: the constructor's other keywords (checked by SB3 where they are used)
 
     :raises ValueError: naming the first bad parameter, what it must be and what it was
     """
-    _require(next_action in NEXT_ACTIONS, "next_action", f"one of {NEXT_ACTIONS}", next_action)
-    _require(loss in LOSSES, "loss", f"one of {LOSSES}", loss)
+    _require(
+        isinstance(next_action, str) and next_action in NEXT_ACTIONS, "next_action", f"one of {NEXT_ACTIONS}", next_action
+    )
+    _require(isinstance(loss, str) and loss in LOSSES, "loss", f"one of {LOSSES}", loss)
     initial_lr = learning_rate(1.0) if callable(learning_rate) else learning_rate
     _require(
-        _is_number(initial_lr) and initial_lr > 0, "learning_rate", "a positive number (or a schedule giving one)", initial_lr
+        _is_number(initial_lr) and math.isfinite(initial_lr) and initial_lr >= 0,
+        "learning_rate",
+        "a non-negative finite number (or a schedule giving one)",
+        initial_lr,
     )
     _require(_is_int(buffer_size) and buffer_size >= 1, "buffer_size", "a positive integer", buffer_size)
     _require(_is_int(batch_size) and batch_size >= 1, "batch_size", "a positive integer", batch_size)
-    _require(batch_size <= buffer_size, "batch_size", f"at most buffer_size ({buffer_size})", batch_size)
     _require(_is_int(learning_starts) and learning_starts >= 0, "learning_starts", "a non-negative integer", learning_starts)
-    _require(_is_number(tau) and 0 < tau <= 1, "tau", "in (0, 1]", tau)
+    _require(_is_number(tau) and 0 <= tau <= 1, "tau", "in [0, 1]", tau)
     _require(_is_number(gamma) and 0 <= gamma <= 1, "gamma", "in [0, 1]", gamma)
-    frequency = train_freq[0] if isinstance(train_freq, (tuple, list)) else train_freq
-    _require(
-        _is_int(frequency) and frequency >= 1,
-        "train_freq",
-        "a positive integer (or a tuple (n, 'step'|'episode'))",
-        train_freq,
-    )
+    _check_train_freq(train_freq)
     _require(
         _is_int(gradient_steps) and gradient_steps >= -1,
         "gradient_steps",
@@ -107,7 +260,158 @@ def check_hyperparameters(
         ("exploration_final_eps", exploration_final_eps),
     ]:
         _require(_is_number(value) and 0 <= value <= 1, name, "in [0, 1]", value)
-    _require(_is_number(max_grad_norm) and max_grad_norm > 0, "max_grad_norm", "a positive number", max_grad_norm)
+    _require(_is_number(max_grad_norm) and max_grad_norm >= 0, "max_grad_norm", "a non-negative number", max_grad_norm)
+    check_policy_kwargs(policy_kwargs)
+    _require(
+        replay_buffer_class is None or _is_subclass(replay_buffer_class, ReplayBuffer),
+        "replay_buffer_class",
+        "None or a subclass of SB3's ReplayBuffer",
+        replay_buffer_class,
+    )
+    _require(
+        replay_buffer_kwargs is None or isinstance(replay_buffer_kwargs, dict),
+        "replay_buffer_kwargs",
+        "None or a dict",
+        replay_buffer_kwargs,
+    )
+    _require(
+        _is_int(stats_window_size) and stats_window_size >= 1, "stats_window_size", "a positive integer", stats_window_size
+    )
+    _check_device(device)
+    for name, value in [
+        ("optimize_memory_usage", optimize_memory_usage),
+        ("use_masking", use_masking),
+        ("check_finite", check_finite),
+        ("flush_denormal", flush_denormal),
+    ]:
+        _require(_is_bool(value), name, "True or False", value)
+    if warn:
+        _warn_probable_mistakes(initial_lr, buffer_size, batch_size, tau, max_grad_norm)
+
+
+def _warn_probable_mistakes(learning_rate: float, buffer_size: int, batch_size: int, tau: float, max_grad_norm: float) -> None:
+    if tau == 0:
+        _warn("tau=0: the target network is never updated (it keeps its initial weights); DQN accepts it, as does DeepSARSA")
+    if learning_rate == 0:
+        _warn("learning_rate=0: the Q-network is never updated; DQN accepts it, as does DeepSARSA")
+    if max_grad_norm == 0:
+        _warn("max_grad_norm=0: every gradient is clipped to zero, so the Q-network is never updated")
+    if batch_size > buffer_size:
+        _warn(
+            f"batch_size ({batch_size}) is larger than buffer_size ({buffer_size}): minibatches are drawn with "
+            "replacement, so they repeat transitions"
+        )
+
+
+def check_n_steps_observations(n_steps: int, replay_buffer_class: Any, observation_space: spaces.Space) -> None:
+    """
+    Refuse n-step returns on Dict observations, which SB3's ``NStepReplayBuffer`` does not support.
+
+    :param n_steps: the ``n_steps`` argument
+    :param replay_buffer_class: the ``replay_buffer_class`` argument (n_steps is ignored with one)
+    :param observation_space: the env's observation space
+    """
+    if n_steps > 1 and replay_buffer_class is None and isinstance(observation_space, spaces.Dict):
+        raise ValueError(
+            f"n_steps must be 1 with a Dict observation space, got {n_steps}: SB3's NStepReplayBuffer "
+            "does not support Dict observations (flatten them with gymnasium.wrappers.FlattenObservation)"
+        )
+
+
+def check_discrete_start(action_space: spaces.Discrete) -> None:
+    """
+    Refuse a Discrete action space that does not start at 0 (``Discrete(n, start=k)``).
+
+    :param action_space: the env's action space
+    """
+    if int(action_space.start) != 0:
+        raise ValueError(
+            f"the env's action_space must start at 0 (the Q-network's outputs are indexed 0..n-1), got {action_space}: "
+            "wrap the env with deep_sarsa.wrappers.ZeroBasedActions, which maps action i to i + start"
+        )
+
+
+def _space_bytes(space: spaces.Space) -> int:
+    """Bytes of one observation of ``space`` as SB3's replay buffers store it."""
+    if isinstance(space, spaces.Dict):
+        return sum(_space_bytes(subspace) for subspace in space.spaces.values())
+    shape = get_obs_shape(space)
+    assert isinstance(shape, tuple)
+    dtype = np.dtype(space.dtype) if space.dtype is not None else np.dtype(np.float32)
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def replay_buffer_bytes(
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    buffer_size: int,
+    n_envs: int,
+    optimize_memory_usage: bool,
+) -> int:
+    """
+    Estimate the memory of SB3's replay buffer: observations, next observations (unless
+    ``optimize_memory_usage``, which a Dict observation space does not use), actions, rewards,
+    episode ends and time-outs, for ``buffer_size // n_envs`` rows of ``n_envs`` transitions.
+
+    :param observation_space: the observation space
+    :param action_space: the action space
+    :param buffer_size: the ``buffer_size`` argument
+    :param n_envs: the number of envs
+    :param optimize_memory_usage: the ``optimize_memory_usage`` argument
+    :return: the estimate in bytes
+    """
+    transitions = max(buffer_size // n_envs, 1) * n_envs
+    observation = _space_bytes(observation_space)
+    next_observation = 0 if optimize_memory_usage and not isinstance(observation_space, spaces.Dict) else observation
+    action_dtype = np.dtype(action_space.dtype) if action_space.dtype is not None else np.dtype(np.float32)
+    action = get_action_dim(action_space) * (4 if action_dtype == np.float64 else action_dtype.itemsize)
+    reward_done_timeout = 3 * np.dtype(np.float32).itemsize
+    return transitions * (observation + next_observation + action + reward_done_timeout)
+
+
+def memory_bytes() -> tuple[int | None, int | None]:
+    """
+    :return: this machine's total and available memory in bytes (``/proc/meminfo``, else ``sysconf``); None where unknown
+    """
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    found[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    total = found.get("MemTotal")
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = None
+    return total, found.get("MemAvailable", total)
+
+
+def check_buffer_memory(estimate: int, buffer_size: int, total: int | None, available: int | None) -> None:
+    """
+    Refuse a replay buffer that cannot fit in this machine's memory; warn about one that takes
+    more than :data:`BUFFER_MEMORY_WARNING_FRACTION` of the available memory.
+
+    :param estimate: the buffer's estimated size in bytes (:func:`replay_buffer_bytes`)
+    :param buffer_size: the ``buffer_size`` argument
+    :param total: the machine's total memory in bytes (None: unknown, no check)
+    :param available: the memory available now in bytes (None: unknown, no warning)
+    """
+    gigabytes = estimate / 2**30
+    if total is not None and estimate > total:
+        raise ValueError(
+            f"buffer_size must fit in memory: buffer_size={buffer_size} needs about {gigabytes:.1f} GiB for the replay "
+            f"buffer, more than this machine's {total / 2**30:.1f} GiB (optimize_memory_usage=True halves the observations)"
+        )
+    if available is not None and estimate > BUFFER_MEMORY_WARNING_FRACTION * available:
+        _warn(
+            f"buffer_size={buffer_size} needs about {gigabytes:.1f} GiB for the replay buffer, more than "
+            f"{BUFFER_MEMORY_WARNING_FRACTION:.0%} of the {available / 2**30:.1f} GiB of memory available now"
+        )
 
 
 def make_env(env_id: str) -> gym.Env:

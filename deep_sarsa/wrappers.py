@@ -3,6 +3,7 @@
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
+from gymnasium import spaces
 
 
 class TimeLimitAsTermination(gym.Wrapper):
@@ -23,3 +24,21 @@ class TimeLimitAsTermination(gym.Wrapper):
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         observation, reward, terminated, truncated, info = self.env.step(action)
         return observation, reward, terminated or truncated, False, info
+
+
+class ZeroBasedActions(gym.ActionWrapper):
+    """
+    Turns a ``Discrete(n, start=k)`` action space into ``Discrete(n)``: the agent's action ``i`` is
+    the env's action ``i + k``. DeepSARSA (like DQN) indexes Q-values by action, from 0.
+
+    :param env: an environment with a Discrete action space
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        assert isinstance(env.action_space, spaces.Discrete), "ZeroBasedActions needs a Discrete action space"
+        self.start = int(env.action_space.start)
+        self.action_space = spaces.Discrete(int(env.action_space.n))
+
+    def action(self, action: Any) -> int:
+        return int(action) + self.start

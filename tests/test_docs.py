@@ -29,5 +29,5 @@ def test_reliability_table_lists_every_bad_keyword_test() -> None:
 
     text = (ROOT / "docs" / "reliability.md").read_text()
     for keyword, value, _ in BAD_KEYWORDS:
-        shown = "a schedule returning 0.0" if callable(value) else f"`{value!r}`"
+        shown = "a schedule returning -1.0" if callable(value) else f"`{value!r}`"
         assert f"| `{keyword}` | {shown} |" in text, (keyword, value)

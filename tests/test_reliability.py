@@ -29,18 +29,20 @@ BAD_KEYWORDS = [
     ("loss", "l1", "loss must be one of"),
     ("gamma", 1.5, r"gamma must be in \[0, 1\]"),
     ("gamma", -0.1, r"gamma must be in \[0, 1\]"),
-    ("tau", 0.0, r"tau must be in \(0, 1\]"),
-    ("tau", 1.1, r"tau must be in \(0, 1\]"),
-    ("learning_rate", 0.0, "learning_rate must be a positive number"),
-    ("learning_rate", -1e-3, "learning_rate must be a positive number"),
-    ("learning_rate", lambda progress: 0.0, "learning_rate must be a positive number"),
+    ("tau", -0.1, r"tau must be in \[0, 1\]"),
+    ("tau", 1.1, r"tau must be in \[0, 1\]"),
+    ("learning_rate", -1e-3, "learning_rate must be a non-negative finite number"),
+    ("learning_rate", float("nan"), "learning_rate must be a non-negative finite number"),
+    ("learning_rate", lambda progress: -1.0, "learning_rate must be a non-negative finite number"),
     ("batch_size", 0, "batch_size must be a positive integer"),
-    ("batch_size", 2_000_000, r"batch_size must be at most buffer_size \(1000000\)"),
     ("buffer_size", 0, "buffer_size must be a positive integer"),
     ("buffer_size", -5, "buffer_size must be a positive integer"),
+    ("buffer_size", 10**12, "buffer_size must fit in memory: buffer_size=1000000000000 needs about"),
     ("learning_starts", -1, "learning_starts must be a non-negative integer"),
     ("n_steps", 0, "n_steps must be a positive integer"),
     ("train_freq", 0, "train_freq must be a positive integer"),
+    ("train_freq", (4,), r"train_freq must be a positive integer or a tuple \(n, 'step'\|'episode'\), got \(4,\)"),
+    ("train_freq", (4, "epoch"), "train_freq must be a positive integer or a tuple"),
     ("gradient_steps", -2, "gradient_steps must be an integer >= -1"),
     ("target_update_interval", 0, "target_update_interval must be a positive integer"),
     ("target_update_interval", (5, "episodes"), "target_update_interval must be an int or a tuple"),
@@ -49,7 +51,23 @@ BAD_KEYWORDS = [
     ("exploration_fraction", 1.5, r"exploration_fraction must be in \[0, 1\]"),
     ("exploration_initial_eps", -0.1, r"exploration_initial_eps must be in \[0, 1\]"),
     ("exploration_final_eps", 2.0, r"exploration_final_eps must be in \[0, 1\]"),
-    ("max_grad_norm", 0.0, "max_grad_norm must be a positive number"),
+    ("max_grad_norm", -1.0, "max_grad_norm must be a non-negative number"),
+    ("policy_kwargs", "foo", "policy_kwargs must be None or a dict of keyword arguments"),
+    ("policy_kwargs", ["a"], "policy_kwargs must be None or a dict of keyword arguments"),
+    ("policy_kwargs", {"net_arch": 64}, r"policy_kwargs\['net_arch'\] must be a list of positive layer sizes"),
+    ("policy_kwargs", {"activation_fn": "tanh"}, r"policy_kwargs\['activation_fn'\] must be a torch.nn.Module class"),
+    ("policy_kwargs", {"optimizer_class": "adam"}, r"policy_kwargs\['optimizer_class'\] must be a torch.optim.Optimizer"),
+    ("policy_kwargs", {"optimizer_kwargs": 3}, r"policy_kwargs\['optimizer_kwargs'\] must be None or a dict"),
+    ("policy_kwargs", {"n_layers": 2}, r"policy_kwargs must hold keywords of MlpPolicy, got unknown keys \['n_layers'\]"),
+    ("replay_buffer_kwargs", "big", "replay_buffer_kwargs must be None or a dict"),
+    ("replay_buffer_class", "ReplayBuffer", "replay_buffer_class must be None or a subclass of SB3's ReplayBuffer"),
+    ("stats_window_size", 0, "stats_window_size must be a positive integer"),
+    ("device", "tpu", "device must be 'auto' or a torch device"),
+    ("device", 3.5, "device must be 'auto' or a torch device"),
+    ("check_finite", None, "check_finite must be True or False, got None"),
+    ("use_masking", "yes", "use_masking must be True or False, got 'yes'"),
+    ("flush_denormal", 1, "flush_denormal must be True or False, got 1"),
+    ("optimize_memory_usage", "no", "optimize_memory_usage must be True or False"),
 ]
 
 
@@ -124,9 +142,13 @@ def test_non_finite_values_stop_training_and_the_model_can_be_saved(where: str, 
     with pytest.raises(NonFiniteError, match=f"{where}.* from env 0 at step 120"):
         model.learn(400)
     assert model.replay_buffer is not None and model.replay_buffer.pos == 59  # the bad step was not stored
+    assert model.num_timesteps == 118  # nor counted: the model is as it was after the last stored step
+    assert model._last_obs is None  # the envs are past the last observation: the next learn() resets them
     assert all(th.isfinite(p).all() for p in model.policy.parameters())
     model.save(tmp_path / "last_good")
-    assert DeepSARSA.load(tmp_path / "last_good").num_timesteps == 120
+    assert DeepSARSA.load(tmp_path / "last_good").num_timesteps == 118
+    model.learn(40, reset_num_timesteps=False)  # goes on, from fresh episodes
+    assert model.num_timesteps == 158 and model.replay_buffer.pos == 79
 
 
 def test_check_finite_can_be_switched_off() -> None:
