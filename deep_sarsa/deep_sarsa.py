@@ -61,6 +61,7 @@ from deep_sarsa.validation import (
     check_total_timesteps,
     make_env,
     memory_bytes,
+    model_settings,
     parse_target_update_interval,
     replay_buffer_bytes,
 )
@@ -332,34 +333,7 @@ class DeepSARSA(OffPolicyAlgorithm):
         ``ValueError`` naming the setting): values changed since, by assignment or by
         ``load(..., **kwargs)`` / ``custom_objects``, are checked too. Called when ``learn()`` starts.
         """
-        check_hyperparameters(
-            learning_rate=self.learning_rate,
-            buffer_size=self.buffer_size,
-            learning_starts=self.learning_starts,
-            batch_size=self.batch_size,
-            tau=self.tau,
-            gamma=self.gamma,
-            train_freq=self.train_freq,
-            gradient_steps=self.gradient_steps,
-            n_steps=self.n_steps,
-            target_update_interval=self.target_update_interval,
-            exploration_fraction=self.exploration_fraction,
-            exploration_initial_eps=self.exploration_initial_eps,
-            exploration_final_eps=self.exploration_final_eps,
-            max_grad_norm=self.max_grad_norm,
-            next_action=self.next_action,
-            loss=self.loss,
-            policy_kwargs=self.policy_kwargs,
-            replay_buffer_class=self.replay_buffer_class,
-            replay_buffer_kwargs=self.replay_buffer_kwargs,
-            optimize_memory_usage=self.optimize_memory_usage,
-            stats_window_size=self._stats_window_size,
-            device=self.device,
-            use_masking=self.use_masking,
-            check_finite=self.check_finite,
-            flush_denormal=self.flush_denormal,
-            warn=False,
-        )
+        check_hyperparameters(**model_settings(self), warn=False)
         check_policy(self.policy_class, self.policy_aliases, self.policy_kwargs)
 
     def _create_aliases(self) -> None:

@@ -29,12 +29,11 @@ from typing import Any, TypeVar
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.type_aliases import TrainFreq
 from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
 from deep_sarsa.safe_pickle import BUFFER_GLOBALS, MODEL_GLOBALS, TRUST_HINT, UnsafeFileError, one_line, restricted_load
-from deep_sarsa.validation import check_hyperparameters
+from deep_sarsa.validation import check_hyperparameters, model_settings
 
 Model = TypeVar("Model")
 Source = str | pathlib.Path | io.BufferedIOBase
@@ -49,8 +48,6 @@ MAX_OTHER_BYTES = 2**20
 MAX_MEMBERS = 256
 #: the largest model file read
 MAX_MODEL_FILE_BYTES = 2 * MAX_PTH_BYTES + MAX_DATA_BYTES
-#: :func:`check_loaded_hyperparameters` reads the others from the model
-_NOT_HYPERPARAMETERS = frozenset({"self", "policy", "env", "_init_setup_model"})
 
 
 def _existing(path: pathlib.Path, suffix: str) -> pathlib.Path:
@@ -245,34 +242,16 @@ def check_loaded_model(name: str, model: Any) -> None:
     check_loaded_hyperparameters(name, model)
 
 
-def _as_given(value: Any) -> Any:
-    """A setting as the constructor takes it (SB3 turns ``train_freq`` into a TrainFreq of an enum)."""
-    if isinstance(value, TrainFreq):
-        return (value.frequency, value.unit.value)
-    return value
-
-
 def check_loaded_hyperparameters(name: str, model: Any) -> None:
     """
-    Run the constructor's checks on the settings of a loaded model: the keywords of its class's
-    ``__init__``, read from its attributes (``name`` or ``_name``).
+    Run the constructor's checks on the settings of a loaded model (:func:`deep_sarsa.validation.model_settings`).
 
     :param name: the file, for messages
     :param model: the loaded model
     :raises ValueError: naming the file and the bad setting
     """
-    checked = inspect.signature(check_hyperparameters).parameters
-    any_keyword = any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in checked.values())
-    settings: dict[str, Any] = {}
-    for keyword in inspect.signature(type(model).__init__).parameters:
-        if keyword in _NOT_HYPERPARAMETERS or not (any_keyword or keyword in checked):
-            continue
-        for attribute in (keyword, f"_{keyword}"):
-            if hasattr(model, attribute):
-                settings[keyword] = _as_given(getattr(model, attribute))
-                break
     try:
-        check_hyperparameters(**settings)
+        check_hyperparameters(**model_settings(model), warn=False)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{name}: its hyperparameters are invalid: {one_line(error)}") from error
 

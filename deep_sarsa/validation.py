@@ -14,7 +14,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from stable_baselines3.common.type_aliases import TrainFrequencyUnit
+from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.dqn.policies import DQNPolicy
 
 NEXT_ACTIONS: tuple[str, ...] = ("sampled", "expected", "stored")
@@ -425,3 +425,29 @@ def make_env(env_id: str) -> gym.Env:
         return gym.make(env_id)
     except (gym.error.Error, ModuleNotFoundError) as error:
         raise ValueError(f"env={env_id!r} is not an environment Gymnasium can make: {error}") from error
+
+
+#: ``__init__`` keywords that are not settings of the model
+_NOT_SETTINGS = frozenset({"self", "policy", "env", "_init_setup_model"})
+
+
+def model_settings(model: Any) -> dict[str, Any]:
+    """
+    A model's current settings as its constructor takes them: each keyword of its class's
+    ``__init__`` read from the attribute of that name (or ``_name``), ``train_freq`` as SB3's
+    ``TrainFreq`` turned back into ``(n, unit)``. For :func:`check_hyperparameters` after a change
+    (an assignment, ``load(..., **kwargs)``, ``custom_objects``, a file's saved values).
+
+    :param model: the model
+    :return: the settings by keyword
+    """
+    settings: dict[str, Any] = {}
+    for keyword in inspect.signature(type(model).__init__).parameters:
+        if keyword in _NOT_SETTINGS:
+            continue
+        for attribute in (keyword, f"_{keyword}"):
+            if hasattr(model, attribute):
+                value = getattr(model, attribute)
+                settings[keyword] = (value.frequency, value.unit.value) if isinstance(value, TrainFreq) else value
+                break
+    return settings
