@@ -17,6 +17,8 @@ import pathlib
 import secrets
 import uuid
 
+from deep_sarsa.files import atomic_path
+
 CONFIG_DIR_VARIABLE = "DEEP_SARSA_CONFIG_DIR"
 KEY_FILE = "signing.key"
 SUFFIX = ".sig"
@@ -90,8 +92,20 @@ def signature_path(path: str | pathlib.Path) -> pathlib.Path:
     return path.with_name(path.name + SUFFIX)
 
 
-def _signature(content: bytes) -> str:
-    return f"{_SCHEME}:{hmac.new(signing_key(), content, hashlib.sha256).hexdigest()}"
+#: Bytes of a file hashed at a time: a replay buffer of several GB is never held in memory whole
+_CHUNK = 1 << 20
+
+
+def _signature(content: bytes | pathlib.Path) -> str:
+    """The signature of ``content``, or of the file at that path, read in chunks."""
+    digest = hmac.new(signing_key(), digestmod=hashlib.sha256)
+    if isinstance(content, bytes):
+        digest.update(content)
+    else:
+        with open(content, "rb") as file:
+            while chunk := file.read(_CHUNK):
+                digest.update(chunk)
+    return f"{_SCHEME}:{digest.hexdigest()}"
 
 
 def sign(path: str | pathlib.Path) -> pathlib.Path:
@@ -102,13 +116,9 @@ def sign(path: str | pathlib.Path) -> pathlib.Path:
     :return: the signature file
     """
     target = signature_path(path)
-    signature = _signature(pathlib.Path(path).read_bytes())
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    signature = _signature(pathlib.Path(path))
+    with atomic_path(target) as temporary:
         temporary.write_text(signature + "\n")
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
     return target
 
 
@@ -124,7 +134,5 @@ def verify(path: str | pathlib.Path, content: bytes | None = None) -> bool:
     signature_file = signature_path(path)
     if not signature_file.is_file() or not key_path().exists():  # no key: nothing was ever signed here
         return False
-    if content is None:
-        content = pathlib.Path(path).read_bytes()
     recorded = signature_file.read_text(errors="replace").strip()
-    return hmac.compare_digest(recorded.encode(), _signature(content).encode())
+    return hmac.compare_digest(recorded.encode(), _signature(pathlib.Path(path) if content is None else content).encode())
