@@ -684,6 +684,15 @@ class DeepSARSA(OffPolicyAlgorithm):
         """
         save_atomically(super().save, path, exclude, include)
 
+    def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
+        """
+        SB3's ``save_replay_buffer``, atomically as ``save`` (SB3 writes the file in place): a
+        failure or a kill leaves any previous buffer intact (:func:`deep_sarsa.files.save_atomically`).
+
+        :param path: the file (``.pkl`` is added if it has no suffix), or a file object
+        """
+        save_atomically(super().save_replay_buffer, path, suffix=".pkl")
+
     @classmethod
     def load(
         cls: type[SelfDeepSARSA],
