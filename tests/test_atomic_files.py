@@ -269,7 +269,9 @@ def small_disk(tmp_path: pathlib.Path) -> Iterator[pathlib.Path | None]:
     mounted = (
         hasattr(os, "geteuid")
         and os.geteuid() == 0
-        and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True).returncode
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True
+        ).returncode
         == 0
     )
     yield mount_point if mounted else None
