@@ -419,7 +419,12 @@ def report(trials: list[Trial], disk: dict[str, list[Trial] | None], args: argpa
             lines.append(row("full disk (tmpfs)", labels[(kind, writer)], found))
     examples = [trial for trial in [*trials, *(t for found in disk.values() if found for t in found)] if trial.detail]
     if examples:
-        lines += ["", "What the failed trials left (first 3 of each kind and outcome, and the full-disk errors):", ""]
+        lines += [
+            "",
+            "What loading found, and the errors the full-disk saves raised (the first 3 of each row and outcome; "
+            "WORK is the benchmark's temporary folder):",
+            "",
+        ]
         shown: Counter[tuple[str, str, str]] = Counter()
         for trial in examples:
             key3 = (trial.kind, trial.writer, trial.outcome)
@@ -473,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept {work}")
+    for trial in [*trials, *(trial for found in disk.values() if found for trial in found)]:
+        trial.detail = trial.detail.replace(str(work), "WORK")  # the report names files, not this run's folder
     text = report(trials, disk, args, time.time() - start)
     print(text)
     if args.out:
