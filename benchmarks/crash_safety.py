@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -332,6 +333,72 @@ def full_disk_trials(bench: Bench, kind: str, writer: str, trials: int, chance: 
     return results
 
 
+@dataclasses.dataclass
+class Concurrency:
+    kind: str
+    writer: str
+    mode: str
+    saves: int
+    save_errors: list[str]
+    reads: Counter[str]
+    final: str
+
+
+def concurrent_trial(bench: Bench, kind: str, writer: str, mode: str, workers: int, saves: int) -> Concurrency:
+    """
+    ``workers`` threads or processes each save ``saves`` times on one path (the old and the new
+    content by turns), while this process loads the file again and again.
+    """
+    folder = bench.work / "concurrent" / f"{kind}-{writer}-{mode}"
+    bench.write_old(kind, folder)
+    target = bench.target(kind, folder)
+    save = bench.writer(kind, writer)
+    errors: list[str] = []
+    reads: Counter[str] = Counter()
+
+    def work(index: int) -> int:
+        failed = 0
+        for turn in range(saves):
+            try:
+                save(bench.new if (index + turn) % 2 else bench.old, target)
+            except Exception as error:
+                failed += 1
+                if mode == "threads":
+                    errors.append(f"{type(error).__name__}: {' '.join(str(error).split())[:200]}")
+        return failed
+
+    if mode == "threads":
+        threads = [threading.Thread(target=work, args=(index,)) for index in range(workers)]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            reads[bench.classify(kind, folder)[0]] += 1
+        for thread in threads:
+            thread.join()
+    else:
+        children = []
+        for index in range(workers):
+            pid = os.fork()
+            if pid == 0:
+                code = 255
+                try:
+                    code = min(work(index), 254)
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        running = set(children)
+        while running:
+            reads[bench.classify(kind, folder)[0]] += 1
+            for pid in list(running):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    running.discard(pid)
+                    failed = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255
+                    errors += [f"a save raised (in process {pid})"] * failed
+    final = bench.classify(kind, folder)[0]
+    return Concurrency(kind, writer, mode, workers * saves, errors, reads, final)
+
+
 def git_revision(path: pathlib.Path) -> str:
     try:
         out = subprocess.run(
@@ -355,7 +422,13 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def report(trials: list[Trial], disk: dict[str, list[Trial] | None], args: argparse.Namespace, seconds: float) -> str:
+def report(
+    trials: list[Trial],
+    disk: dict[str, list[Trial] | None],
+    concurrency: list[Concurrency],
+    args: argparse.Namespace,
+    seconds: float,
+) -> str:
     labels = {
         ("save", "ours"): "`save` (DeepSARSA)",
         ("save", "sb3"): "`save`, SB3's `BaseAlgorithm.save` (before)",
@@ -417,6 +490,15 @@ def report(trials: list[Trial], disk: dict[str, list[Trial] | None], args: argpa
             )
         else:
             lines.append(row("full disk (tmpfs)", labels[(kind, writer)], found))
+    for result in concurrency:
+        cells = " | ".join(str(result.reads[outcome]) for outcome in OUTCOMES)
+        note = f"{len(result.save_errors)} of the {result.saves} saves raised; the file at the end: {result.final}"
+        if result.save_errors:
+            note += f" (first: {result.save_errors[0]})"
+        event = f"{result.saves // args.saves} {result.mode} x {args.saves} saves on one path, loaded meanwhile"
+        lines.append(
+            f"| {event} | {labels[(result.kind, result.writer)]} | {sum(result.reads.values())} loads | {cells} | {note} |"
+        )
     examples = [trial for trial in [*trials, *(t for found in disk.values() if found for t in found)] if trial.detail]
     if examples:
         lines += [
@@ -440,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-disk", type=int, default=10, help="full-disk trials per kind (default 10; 0: none)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="a comma-separated subset of save,buffer,checkpoint")
     parser.add_argument("--compare-sb3", action="store_true", help="also measure SB3's own save and save_replay_buffer")
+    parser.add_argument("--workers", type=int, default=3, help="threads, then processes, saving one path at once (default 3)")
+    parser.add_argument("--saves", type=int, default=50, help="saves by each of them (default 50; 0: no concurrency trials)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=pathlib.Path, help="write the Markdown report here")
     parser.add_argument("--json", type=pathlib.Path, help="write the counts as JSON here")
@@ -449,8 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
         parser.error(f"--kinds must be a comma-separated subset of {','.join(KINDS)}, got {args.kinds!r}")
-    if args.kills < 0 or args.full_disk < 0:
-        parser.error("--kills and --full-disk must be non-negative")
+    if min(args.kills, args.full_disk, args.saves) < 0 or args.workers < 1:
+        parser.error("--kills, --full-disk and --saves must be non-negative, --workers positive")
     th.set_num_threads(1)
     start = time.time()
     work = pathlib.Path(tempfile.mkdtemp(prefix="crash_safety_"))
@@ -458,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     chance = random.Random(args.seed)
     trials: list[Trial] = []
     disk: dict[str, list[Trial] | None] = {}
+    concurrency: list[Concurrency] = []
     try:
         bench = Bench(work)
         for kind in kinds:
@@ -473,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{kind:10} {writer:4} kill {index + 1:3}/{args.kills} {moment}: {trial.outcome}", flush=True)
                 if args.full_disk:
                     disk[f"{kind}/{writer}"] = full_disk_trials(bench, kind, writer, args.full_disk, chance)
+                if args.saves and kind != "checkpoint":
+                    for mode in ("threads", "processes"):
+                        concurrency.append(concurrent_trial(bench, kind, writer, mode, args.workers, args.saves))
+                        print(f"{kind:10} {writer:4} {mode}: {dict(concurrency[-1].reads)}", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -480,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {work}")
     for trial in [*trials, *(trial for found in disk.values() if found for trial in found)]:
         trial.detail = trial.detail.replace(str(work), "WORK")  # the report names files, not this run's folder
-    text = report(trials, disk, args, time.time() - start)
+    text = report(trials, disk, concurrency, args, time.time() - start)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -489,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         counts: dict[str, dict[str, int]] = {}
         for trial in trials:
             counts.setdefault(f"kill/{trial.kind}/{trial.writer}", dict.fromkeys(OUTCOMES, 0))[trial.outcome] += 1
+        for result in concurrency:
+            counts[f"{result.mode}/{result.kind}/{result.writer}"] = {
+                **{outcome: result.reads[outcome] for outcome in OUTCOMES},
+                "save_errors": len(result.save_errors),
+                "final_" + result.final: 1,
+            }
         for key, found in disk.items():
             if found is not None:
                 for trial in found:

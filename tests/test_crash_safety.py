@@ -40,8 +40,11 @@ def crash_safety(tmp_path: pathlib.Path, *arguments: str) -> dict[str, dict[str,
 
 
 def test_sigkill_and_full_disk_during_save_and_save_replay_buffer(tmp_path: pathlib.Path) -> None:
-    """14 kills: 7 during ``save``, 7 during ``save_replay_buffer``; 0 mixed, 0 unloadable."""
-    counts = crash_safety(tmp_path, "--kinds", "save,buffer", "--kills", "7", "--full-disk", "1")
+    """
+    14 kills (7 during ``save``, 7 during ``save_replay_buffer``), a full disk, 3 threads and 3
+    processes saving one path: 0 mixed, 0 unloadable, no save raising.
+    """
+    counts = crash_safety(tmp_path, "--kinds", "save,buffer", "--kills", "7", "--full-disk", "1", "--saves", "10")
     for kind in ("save", "buffer"):
         kills = counts[f"kill/{kind}/ours"]
         assert sum(kills.values()) == 7
@@ -50,6 +53,11 @@ def test_sigkill_and_full_disk_during_save_and_save_replay_buffer(tmp_path: path
         disk = counts.get(f"disk/{kind}/ours")
         if disk is not None:  # a tmpfs was mounted (root): the previous file survives the full disk
             assert disk == {"consistent-old": 1, "consistent-new": 0, "mixed": 0, "unloadable": 0}, (kind, disk)
+        for mode in ("threads", "processes"):  # 3 of them x 10 saves on one path, loaded meanwhile
+            concurrent = counts[f"{mode}/{kind}/ours"]
+            assert concurrent["consistent-old"] + concurrent["consistent-new"] >= 1, (kind, mode, concurrent)
+            assert concurrent["mixed"] == concurrent["unloadable"] == concurrent["save_errors"] == 0, (kind, mode, concurrent)
+            assert concurrent.get("final_consistent-old", 0) + concurrent.get("final_consistent-new", 0) == 1
     report = (tmp_path / "report.md").read_text()
     assert "| SIGKILL while saving | `save` (DeepSARSA) | 7 |" in report
 
@@ -61,7 +69,7 @@ def test_sigkill_and_full_disk_during_save_and_save_replay_buffer(tmp_path: path
 )
 def test_sigkill_and_full_disk_during_save_checkpoint(tmp_path: pathlib.Path) -> None:
     """6 kills during ``save_checkpoint`` over a good checkpoint (and a full disk): 0 mixed, 0 unloadable."""
-    counts = crash_safety(tmp_path, "--kinds", "checkpoint", "--kills", "6", "--full-disk", "1")
+    counts = crash_safety(tmp_path, "--kinds", "checkpoint", "--kills", "6", "--full-disk", "1", "--saves", "0")
     kills = counts["kill/checkpoint/ours"]
     assert sum(kills.values()) == 6
     disk = counts.get("disk/checkpoint/ours", {"mixed": 0, "unloadable": 0})
