@@ -194,7 +194,7 @@ class Bench:
                     parts = self.checkpoint_signature(target)
                     known = self.signatures
             except Exception as error:  # what a user would get
-                return "unloadable", f"{type(error).__name__}: {' '.join(str(error).split())[:300]}", bool(caught)
+                return "unloadable", f"{type(error).__name__}: {' '.join(str(error).split())}", bool(caught)
         warned = any(
             "fall" in str(warning.message).lower() or "previous" in str(warning.message).lower() for warning in caught
         )
@@ -325,7 +325,7 @@ def full_disk_trials(bench: Bench, kind: str, writer: str, trials: int, chance: 
                 bench.writer(kind, writer)(model, bench.target(kind, folder))
                 error = "no error raised"
             except Exception as caught:
-                error = f"{type(caught).__name__}: {' '.join(str(caught).split())[:300]}"
+                error = f"{type(caught).__name__}: {' '.join(str(caught).split())}"
             outcome, detail, warned = bench.classify(kind, folder)
             results.append(Trial(kind, writer, outcome, f"{error}; {detail}" if detail else error, warned=warned))
             filler.unlink()
@@ -512,7 +512,8 @@ def report(
             key3 = (trial.kind, trial.writer, trial.outcome)
             if shown[key3] < 3:
                 shown[key3] += 1
-                lines.append(f"- {labels[(trial.kind, trial.writer)]}, {trial.outcome}: {trial.detail}")
+                detail = trial.detail if len(trial.detail) <= 300 else trial.detail[:297] + "..."
+                lines.append(f"- {labels[(trial.kind, trial.writer)]}, {trial.outcome}: {detail}")
     return "\n".join(lines) + "\n"
 
 
