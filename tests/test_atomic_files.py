@@ -261,13 +261,14 @@ def test_temporary_names_match_the_pattern(tmp_path: pathlib.Path) -> None:
     assert temporary_path(tmp_path / "model.zip") != temporary_path(tmp_path / "model.zip")
 
 
-@pytest.fixture
-def small_disk(tmp_path: pathlib.Path) -> Iterator[pathlib.Path | None]:
-    """A 2 MB tmpfs (we may be root), or ``None`` where it cannot be mounted."""
+@pytest.fixture(params=["tmpfs", "fake"])
+def small_disk(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Iterator[pathlib.Path | None]:
+    """A 2 MB tmpfs (we may be root), or ``None`` where it cannot be mounted and for the "fake" case (a failing writer)."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     mounted = (
-        hasattr(os, "geteuid")
+        request.param == "tmpfs"
+        and hasattr(os, "geteuid")
         and os.geteuid() == 0
         and subprocess.run(
             ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True
