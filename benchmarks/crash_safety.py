@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: forked children n
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -227,6 +228,17 @@ def save_duration(bench: Bench, kind: str, writer: str) -> float:
     return statistics.median(times)
 
 
+#: the children running now: killed before the work folder is removed
+CHILDREN: set[int] = set()
+
+
+def die_with_parent() -> None:
+    """In a forked child: SIGKILL when the parent dies (Linux; elsewhere the save loops check the parent)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def kill_trial(bench: Bench, kind: str, writer: str, folder: pathlib.Path, window_s: float, chance: random.Random) -> Trial:
     bench.write_old(kind, folder)
     outcome, detail, _ = bench.classify(kind, folder)
@@ -235,20 +247,23 @@ def kill_trial(bench: Bench, kind: str, writer: str, folder: pathlib.Path, windo
     target = bench.target(kind, folder)
     save = bench.writer(kind, writer)
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: save the new content over the old, until killed
         code = 0
         try:
+            die_with_parent()
             os.close(read_end)
             model = bench.load_source("new") if kind == "checkpoint" else bench.new  # restores the new generators
             os.write(write_end, b"r")
-            while True:
+            while os.getppid() == parent:  # never outlives the benchmark
                 save(model, target)
         except BaseException:
             traceback.print_exc()
             code = 3
         finally:
             os._exit(code)
+    CHILDREN.add(pid)
     os.close(write_end)
     ready, _, _ = select.select([read_end], [], [], 120)
     if not ready or os.read(read_end, 1) != b"r":
@@ -260,6 +275,7 @@ def kill_trial(bench: Bench, kind: str, writer: str, folder: pathlib.Path, windo
     time.sleep(delay)
     os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
+    CHILDREN.discard(pid)
     if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
         raise RuntimeError(f"the saving child for {kind} ended by itself (status {status}): see its traceback above")
     outcome, detail, warned = bench.classify(kind, folder)
@@ -382,10 +398,12 @@ def concurrent_trial(bench: Bench, kind: str, writer: str, mode: str, workers: i
             if pid == 0:
                 code = 255
                 try:
+                    die_with_parent()
                     code = min(work(index), 254)
                 finally:
                     os._exit(code)
             children.append(pid)
+            CHILDREN.add(pid)
         running = set(children)
         while running:
             reads[bench.classify(kind, folder)[0]] += 1
@@ -393,6 +411,7 @@ def concurrent_trial(bench: Bench, kind: str, writer: str, mode: str, workers: i
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     running.discard(pid)
+                    CHILDREN.discard(pid)
                     failed = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255
                     errors += [f"a save raised (in process {pid})"] * failed
     final = bench.classify(kind, folder)[0]
@@ -537,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.kills, args.full_disk, args.saves) < 0 or args.workers < 1:
         parser.error("--kills, --full-disk and --saves must be non-negative, --workers positive")
     th.set_num_threads(1)
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))  # SIGTERM: clean up the work folder
     start = time.time()
     work = pathlib.Path(tempfile.mkdtemp(prefix="crash_safety_"))
     os.environ.setdefault(CONFIG_DIR_VARIABLE, str(work / "config"))  # the checkpoints' signing key: not the user's
@@ -564,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
                         concurrency.append(concurrent_trial(bench, kind, writer, mode, args.workers, args.saves))
                         print(f"{kind:10} {writer:4} {mode}: {dict(concurrency[-1].reads)}", flush=True)
     finally:
+        for pid in CHILDREN:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
