@@ -69,6 +69,7 @@ processes and is refused (:func:`check_saveable_env`).
 import contextlib
 import csv
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -153,6 +154,7 @@ class _EnvPickler(cloudpickle.Pickler):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.folder = folder
         self.extra_files: list[str] = []
+        self.wrappers: dict[int, int] = {}  # each VecEnvWrapper once: its number
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, RawFiniteCheck):
@@ -164,6 +166,11 @@ class _EnvPickler(cloudpickle.Pickler):
             return ("vec_normalize", name, obj.venv, np.array(obj.returns, copy=True))
         if isinstance(obj, SubprocVecEnv):
             check_saveable_env(obj)
+        if isinstance(obj, VecEnvWrapper):  # its class_attributes (from inspect.getmembers) cannot be pickled
+            if id(obj) in self.wrappers:
+                return ("same_wrapper", self.wrappers[id(obj)])
+            self.wrappers[id(obj)] = len(self.wrappers)
+            return ("vec_env_wrapper", type(obj), {k: v for k, v in vars(obj).items() if k != "class_attributes"})
         if isinstance(obj, ResultsWriter):
             handle = obj.file_handler
             if handle.closed:
@@ -181,6 +188,7 @@ class _EnvUnpickler(pickle.Unpickler):
         self.name = name
         #: Monitor logs to reopen once everything else has loaded: (writer, path, fieldnames, length)
         self.monitor_files: list[tuple[ResultsWriter, str, list[str], int]] = []
+        self.wrappers: list[VecEnvWrapper] = []
 
     def persistent_load(self, pid: Any) -> Any:
         kind = pid[0] if isinstance(pid, tuple) and pid else None
@@ -194,6 +202,17 @@ class _EnvUnpickler(pickle.Unpickler):
             vec_normalize.set_venv(venv)
             vec_normalize.returns = returns
             return vec_normalize
+        if kind == "vec_env_wrapper":
+            _, cls, attributes = pid
+            wrapper = cls.__new__(cls)
+            wrapper.__dict__.update(attributes)
+            wrapper.class_attributes = dict(inspect.getmembers(cls))
+            self.wrappers.append(wrapper)
+            return wrapper
+        if kind == "same_wrapper":
+            if pid[1] >= len(self.wrappers):
+                raise CheckpointError(f"{self.name}: a VecEnv wrapper refers to itself, which a checkpoint cannot restore")
+            return self.wrappers[pid[1]]
         if kind in ("monitor_file", "closed_monitor_file"):
             writer = ResultsWriter.__new__(ResultsWriter)
             writer.file_handler = None  # type: ignore[assignment]
