@@ -170,7 +170,8 @@ def monitor_rows(folder: Path) -> list[list[tuple[str, str]]]:
     for path in sorted(folder.glob("*.monitor.csv")):
         lines = path.read_text().splitlines()
         assert lines[0].startswith("#{") and lines[1] == "r,l,t"
-        logs.append([tuple(line.split(",")[:2]) for line in lines[2:]])
+        rows = [line.split(",") for line in lines[2:]]
+        logs.append([(row[0], row[1]) for row in rows])
     return logs
 
 
