@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -41,6 +43,7 @@ from deep_sarsa.checkpoint import (
     save_checkpoint,
 )
 from deep_sarsa.masking import toy_text_action_mask
+from deep_sarsa.signing import sign
 
 SMALL = dict(
     learning_starts=40,
@@ -494,3 +497,46 @@ def test_writers_in_several_threads_each_write_a_whole_checkpoint(tmp_path: Path
     assert [g.name for g in list_checkpoints(tmp_path)] == [f"gen-{n:08d}-step-64" for n in range(9, 0, -1)]
     for generation in list_checkpoints(tmp_path)[:2]:
         assert load_checkpoint(generation).num_timesteps == 64
+
+
+class LogsToAFile(gym.Wrapper):
+    """A user's wrapper that keeps a file open: not something a checkpoint can pickle."""
+
+    def __init__(self, env: gym.Env, path: Path) -> None:
+        super().__init__(env)
+        self.log = open(path, "a")  # noqa: SIM115
+
+
+def test_envs_that_cannot_be_saved_are_refused_when_training_starts(tmp_path: Path) -> None:
+    env = make_vec_env("CartPole-v1", n_envs=2, wrapper_class=LogsToAFile, wrapper_kwargs=dict(path=tmp_path / "log.txt"))
+    model = DeepSARSA("MlpPolicy", env, **SMALL)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"SaveOnInterrupt: the envs cannot be saved .*open file, '.*log.txt'"):
+        model.learn(100, callback=SaveOnInterrupt(tmp_path / "checkpoint", save_freq=50))
+    assert model.num_timesteps == 0
+    with pytest.raises(ValueError, match=r"save_checkpoint: the envs cannot be saved .*open file"):
+        save_checkpoint(model, tmp_path / "checkpoint")
+    assert not list_checkpoints(tmp_path / "checkpoint")
+    assert not [p for p in (tmp_path / "checkpoint").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_checkpoint_of_the_older_layout_still_loads(tmp_path: Path) -> None:
+    """The files directly in the folder, each signed on its own (what deep-sarsa wrote before generations)."""
+    model = cartpole(64)
+    model.save(tmp_path / MODEL_FILE)
+    model.save_replay_buffer(tmp_path / BUFFER_FILE)
+    state = {
+        "env": model.get_env(),
+        "numpy": np.random.get_state(),
+        "torch": th.get_rng_state(),
+        "cuda": None,
+        "python": random.getstate(),
+        "action_space": model.action_space.np_random.bit_generator.state,
+    }
+    (tmp_path / STATE_FILE).write_bytes(cloudpickle.dumps(state))
+    for name in (MODEL_FILE, BUFFER_FILE, STATE_FILE):
+        sign(tmp_path / name)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.num_timesteps == 64 and parameter_hash(loaded) == parameter_hash(model)
+    (tmp_path / STATE_FILE).write_bytes(cloudpickle.dumps(state) + b" ")
+    with pytest.raises(UnsafeFileError, match=r"state.pkl: its signature does not match"):
+        load_checkpoint(tmp_path)
