@@ -508,7 +508,7 @@ class LogsToAFile(gym.Wrapper):
 
 
 def test_envs_that_cannot_be_saved_are_refused_when_training_starts(tmp_path: Path) -> None:
-    env = make_vec_env("CartPole-v1", n_envs=2, wrapper_class=LogsToAFile, wrapper_kwargs=dict(path=tmp_path / "log.txt"))
+    env = make_vec_env("CartPole-v1", n_envs=2, wrapper_class=LogsToAFile, wrapper_kwargs=dict(path=tmp_path / "log.txt"))  # type: ignore[arg-type]
     model = DeepSARSA("MlpPolicy", env, **SMALL)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"SaveOnInterrupt: the envs cannot be saved .*open file, '.*log.txt'"):
         model.learn(100, callback=SaveOnInterrupt(tmp_path / "checkpoint", save_freq=50))
