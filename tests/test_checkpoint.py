@@ -540,3 +540,25 @@ def test_a_checkpoint_of_the_older_layout_still_loads(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).write_bytes(cloudpickle.dumps(state) + b" ")
     with pytest.raises(UnsafeFileError, match=r"state.pkl: its signature does not match"):
         load_checkpoint(tmp_path)
+
+
+def test_a_periodic_checkpoint_that_cannot_be_written_stops_training_and_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = checkpoint._write_generation
+    calls = []
+
+    def full_after_the_first(*args: Any) -> bool:
+        calls.append(args)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(*args)
+
+    monkeypatch.setattr(checkpoint, "_write_generation", full_after_the_first)
+    model = cartpole()
+    with pytest.raises(OSError, match=r"step 200 could not be written .*No space left.*gen-00000001-step-104 is intact"):
+        model.learn(600, callback=SaveOnInterrupt(tmp_path, save_freq=100))
+    monkeypatch.undo()
+    assert steps_of(tmp_path) == [104]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert checkpoint.resume(tmp_path).num_timesteps == 600
