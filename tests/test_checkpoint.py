@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -562,3 +564,53 @@ def test_a_periodic_checkpoint_that_cannot_be_written_stops_training_and_keeps_t
     assert steps_of(tmp_path) == [104]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     assert checkpoint.resume(tmp_path).num_timesteps == 600
+
+
+#: Writes checkpoints of a model with a 100k-transition buffer (about 5 MB each) over each other, without end
+SAVE_LOOP = r"""
+import sys, torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from deep_sarsa import DeepSARSA
+from deep_sarsa.checkpoint import save_checkpoint
+th.set_num_threads(1)
+env = make_vec_env("CartPole-v1", n_envs=2, seed=1, monitor_dir=sys.argv[2])
+model = DeepSARSA("MlpPolicy", env, buffer_size=100_000, learning_starts=10, train_freq=4, seed=1)
+model.learn(64)
+print("ready", flush=True)
+while True:
+    model.num_timesteps += 1  # each checkpoint has its own step
+    save_checkpoint(model, sys.argv[1])
+    print(model.num_timesteps, flush=True)
+"""
+
+
+def test_sigkill_while_checkpoints_are_written_over_each_other_leaves_a_whole_one(tmp_path: Path) -> None:
+    """
+    A process writing checkpoints in a loop is SIGKILLed after a random delay: loading finds a
+    whole checkpoint, the newest complete one (DEEP_SARSA_KILL_SEED, DEEP_SARSA_SAVE_KILLS).
+    """
+    seed = int(os.environ.get("DEEP_SARSA_KILL_SEED", random.SystemRandom().randrange(2**32)))
+    rng = random.Random(seed)
+    for trial in range(int(os.environ.get("DEEP_SARSA_SAVE_KILLS", "2"))):
+        folder = tmp_path / f"trial{trial}"
+        child = subprocess.Popen(
+            [sys.executable, "-c", SAVE_LOOP, str(folder / "checkpoint"), str(folder / "monitor")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.2, 1.0))
+        child.kill()
+        out, _ = child.communicate(timeout=60)
+        written = [int(line) for line in out.split()]  # the steps of the checkpoints whose save returned
+        context = f"seed {seed}, trial {trial}: {len(written)} saves returned"
+        generations = list_checkpoints(folder / "checkpoint")
+        if not generations:
+            assert not written, context
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the newest generation is whole: no fallback
+            model = load_checkpoint(folder / "checkpoint")
+        model.get_env().close()  # type: ignore[union-attr]
+        # The last save that returned, or the one after it (renamed into place just before the kill)
+        assert model.num_timesteps in (max(written, default=64), max(written, default=64) + 1), context
