@@ -1,9 +1,19 @@
 """Tuning with Optuna through ``python -m deep_sarsa.zoo``: one study shared by several processes (SQLite, journal
 file, PostgreSQL); and the PostgreSQL fixture the shared-store tests use."""
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
+import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from deep_sarsa.zoo.__main__ import main
 
 
 def _connect(url: str):  # type: ignore[no-untyped-def]
@@ -21,3 +31,82 @@ def test_postgres_url_is_a_new_empty_database_on_postgresql_15(postgres_url: str
     with _connect(postgres_server_url) as connection:
         names = [row[0] for row in connection.execute("SELECT datname FROM pg_database").fetchall()]
     assert database in names
+
+
+# --- one study, two worker processes -------------------------------------------------------------------------------
+
+N_TRIALS = 3  # per worker
+
+
+def _start_worker(storage: str, study: str, folder: Path, seed: int) -> subprocess.Popen[str]:
+    command = [
+        sys.executable, "-m", "deep_sarsa.zoo", "train", "--algo", "deep_sarsa", "--env", "CartPole-v1",
+        "--optimize", "--storage", storage, "--study-name", study, "--n-trials", str(N_TRIALS), "-n", "200",
+        "--n-evaluations", "1", "--eval-episodes", "1", "--sampler", "random", "--pruner", "none", "--no-optim-plots",
+        "--seed", str(seed), "-f", str(folder / f"worker{seed}"), "--verbose", "0",
+        "--hyperparams", "buffer_size:64",  # so batches of at most 64 (the sampler keeps batch_size <= buffer_size)
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+
+
+def _run_two_workers(storage: str, study: str, folder: Path) -> list[optuna.trial.FrozenTrial]:
+    workers = [_start_worker(storage, study, folder, seed) for seed in (1, 2)]
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+    opened = JournalStorage(JournalFileBackend(storage)) if storage.endswith(".log") else storage
+    return optuna.load_study(study_name=study, storage=opened).trials
+
+
+def _check_shared_study(trials: list[optuna.trial.FrozenTrial]) -> None:
+    # nothing lost: every trial of both workers is in the one study, complete, numbered once
+    assert len(trials) == 2 * N_TRIALS
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * (2 * N_TRIALS)
+    assert sorted(trial.number for trial in trials) == list(range(2 * N_TRIALS))
+    assert all(trial.value is not None for trial in trials)
+    # both workers ran trials, N_TRIALS each, at the same time (their spans of trials overlap)
+    by_worker: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for trial in trials:
+        by_worker.setdefault(trial.user_attrs["worker"], []).append(trial)
+    assert sorted(len(own) for own in by_worker.values()) == [N_TRIALS, N_TRIALS], by_worker.keys()
+    spans = [
+        (min(t.datetime_start for t in own if t.datetime_start), max(t.datetime_complete for t in own if t.datetime_complete))
+        for own in by_worker.values()
+    ]
+    (first_start, first_end), (second_start, second_end) = spans
+    assert first_start < second_end and second_start < first_end, spans
+
+
+def test_two_workers_share_one_study_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    # The study is created first: workers started together on a fresh database race in Optuna's table creation
+    assert main(["create-study", "--storage", postgres_url, "--study-name", "cartpole"]) == 0
+    _check_shared_study(_run_two_workers(postgres_url, "cartpole", tmp_path))
+
+
+def test_two_workers_share_one_study_in_a_journal_file(tmp_path: Path) -> None:
+    storage = str(tmp_path / "study.log")
+    assert main(["create-study", "--storage", storage, "--study-name", "cartpole"]) == 0
+    _check_shared_study(_run_two_workers(storage, "cartpole", tmp_path))
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_in_sqlite(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert main(["create-study", "--storage", storage, "--study-name", "cartpole"]) == 0
+    _check_shared_study(_run_two_workers(storage, "cartpole", tmp_path))
+
+
+def test_create_study_is_idempotent_and_checks_its_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert main(["create-study", "--storage", storage, "--study-name", "s"]) == 0
+    assert "study 's' created" in capsys.readouterr().out
+    assert main(["create-study", "--storage", storage, "--study-name", "s"]) == 0
+    assert "study 's' already exists" in capsys.readouterr().out
+    assert main(["create-study", "--storage", storage, "--study-name", "s", "--direction", "minimize"]) == 2
+    assert "exists with direction ['maximize'], not minimize" in capsys.readouterr().err
+    assert main(["create-study", "--storage", "postgresql://u:p@127.0.0.1/db", "--study-name", "s"]) == 2
+    assert "write postgresql+psycopg://" in capsys.readouterr().err
+    assert main(["create-study", "--storage", "study.txt", "--study-name", "s"]) == 2
+    assert "journal file ending in .log" in capsys.readouterr().err
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 0

@@ -25,6 +25,7 @@ import deep_sarsa.zoo as zoo
 from deep_sarsa import DeepSARSA
 from deep_sarsa.masking import ToyTextActionMasker
 from deep_sarsa.presets import PRESETS_FILE, load_presets
+from deep_sarsa.safe_pickle import UnsafeFileError
 from deep_sarsa.validation import check_hyperparameters
 from deep_sarsa.zoo.__main__ import main
 from deep_sarsa.zoo.evaluation import MaskAwareEvalCallback
@@ -116,6 +117,18 @@ def test_continue_training_with_i(in_tmp: Path) -> None:
     model.load_replay_buffer(second / "replay_buffer.pkl")
     assert model.replay_buffer is not None and model.replay_buffer.size() == 500  # the first run's 300 steps, then 200
     assert model.num_timesteps == 200  # rl-zoo3 counts the new run's steps from 0
+
+
+def test_continue_training_a_run_with_rl_zoo3s_linear_schedule(in_tmp: Path) -> None:
+    linear = ["--hyperparams", "learning_rate:'lin_1e-3'", "train_freq:1", "gradient_steps:1", "learning_starts:100"]
+    assert train("--env", "CartPole-v1", "-n", "200", "-f", "logs", *linear) == 0
+    first = run_folder(in_tmp / "logs", "CartPole-v1") / "CartPole-v1.zip"
+    with pytest.raises(UnsafeFileError, match=r"rl_zoo3\.utils\.SimpleLinearSchedule"):
+        DeepSARSA.load(first)  # rl-zoo3's schedule class is not rebuilt from a file...
+    assert train("--env", "CartPole-v1", "-n", "100", "-f", "logs", "-i", str(first), *linear) == 0  # ...nor needed for -i
+    second = DeepSARSA.load(run_folder(in_tmp / "logs", "CartPole-v1", 2) / "CartPole-v1.zip", trusted=True)
+    assert second.num_timesteps == 100
+    assert type(second.learning_rate).__name__ == "SimpleLinearSchedule" and second.lr_schedule(1.0) == pytest.approx(1e-3)
 
 
 def test_enjoy_plays_without_allocating_the_replay_buffer(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from stable_baselines3.common.utils import ConstantSchedule
+
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.presets import PRESETS_FILE
 from deep_sarsa.zoo.evaluation import MaskAwareEvalCallback, MaskAwarePlayer, MaskAwareTrialEvalCallback
@@ -61,6 +63,28 @@ class PlayingDeepSARSA:
         kwargs.setdefault("optimize_memory_usage", False)
         model = DeepSARSA.load(path, env=env, **kwargs)
         return MaskAwarePlayer(model, env if env is not None else (_played_envs[-1] if _played_envs else None))
+
+
+class ContinuingDeepSARSA:
+    """What ``ALGOS["deep_sarsa"]`` is while ``train -i`` loads the model to continue: ``DeepSARSA.load`` with the
+    file's schedules replaced by the experiment's own (rl-zoo3's linear schedules, ``lin_1e-3``, are a class of
+    rl-zoo3's that the safe loader does not rebuild; the schedules are rebuilt from the given values anyway)."""
+
+    __name__ = DeepSARSA.__name__
+
+    @classmethod
+    def load(cls, path: Any, env: Any = None, **kwargs: Any) -> DeepSARSA:
+        """
+        :param path: the model file
+        :param env: the training env
+        :param kwargs: ``DeepSARSA.load``'s other arguments: the experiment's hyperparameters
+        :return: the model
+        """
+        custom_objects = dict(kwargs.pop("custom_objects", None) or {})
+        if "learning_rate" in kwargs:
+            custom_objects.setdefault("learning_rate", kwargs["learning_rate"])
+            custom_objects.setdefault("lr_schedule", ConstantSchedule(0.0))  # rebuilt from learning_rate at load
+        return DeepSARSA.load(path, env=env, custom_objects=custom_objects, **kwargs)
 
 
 def _recording(create_test_env: Callable[..., Any]) -> Callable[..., Any]:
@@ -150,6 +174,15 @@ def register() -> None:
                 hyperparams.update(self.custom_hyperparams or {})  # the command line still has the last word
                 saved = OrderedDict((key, hyperparams[key]) for key in sorted(hyperparams))
             return hyperparams, saved
+
+        def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: Any) -> Any:
+            if self.algo != ALGO:
+                return super()._load_pretrained_agent(hyperparams, env)
+            rl_zoo3.utils.ALGOS[ALGO] = ContinuingDeepSARSA  # type: ignore[assignment]
+            try:
+                return super()._load_pretrained_agent(hyperparams, env)
+            finally:
+                rl_zoo3.utils.ALGOS[ALGO] = DeepSARSA
 
         def objective(self, trial: Any) -> float:
             # Which process on which machine ran the trial (several workers share one study)
