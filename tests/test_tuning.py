@@ -3,8 +3,10 @@ file, PostgreSQL); and the PostgreSQL fixture the shared-store tests use."""
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -110,3 +112,45 @@ def test_create_study_is_idempotent_and_checks_its_arguments(tmp_path: Path, cap
     assert main(["create-study", "--storage", "study.txt", "--study-name", "s"]) == 2
     assert "journal file ending in .log" in capsys.readouterr().err
     assert len(optuna.load_study(study_name="s", storage=storage).trials) == 0
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_study_loses_only_its_running_trial(tmp_path: Path) -> None:
+    storage = str(tmp_path / "study.log")
+    assert main(["create-study", "--storage", storage, "--study-name", "s"]) == 0
+    opened = JournalStorage(JournalFileBackend(storage))
+    victim, survivor = (_start_worker(storage, "s", tmp_path, seed) for seed in (1, 2))
+    try:
+        # SIGKILL the first worker as soon as it has finished a trial (in the middle of its next one)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and victim.poll() is None:
+            trials = optuna.load_study(study_name="s", storage=opened).trials
+            own = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+            if any(t.state == TrialState.COMPLETE for t in own):
+                break
+            time.sleep(0.05)
+        assert victim.poll() is None, "the worker to kill ended before it could be killed"
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        output = survivor.communicate(timeout=300)[0]
+        assert survivor.returncode == 0, output[-3000:]
+    finally:
+        for worker in (victim, survivor):
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+    trials = optuna.load_study(study_name="s", storage=opened).trials
+    killed = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+    others = [t for t in trials if t not in killed]
+    assert [t.state for t in others] == [TrialState.COMPLETE] * N_TRIALS  # the other worker's trials, all there
+    assert sum(t.state == TrialState.COMPLETE for t in killed) >= 1
+    assert all(t.state in (TrialState.COMPLETE, TrialState.RUNNING) for t in killed)
+    assert sum(t.state == TrialState.RUNNING for t in killed) <= 1  # at most the trial it was in
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    # the study goes on: a new worker adds its trials after the dead one's
+    replacement = _start_worker(storage, "s", tmp_path, 3)
+    output = replacement.communicate(timeout=300)[0]
+    assert replacement.returncode == 0, output[-3000:]
+    after = optuna.load_study(study_name="s", storage=opened).trials
+    assert len(after) == len(trials) + N_TRIALS
+    assert sum(t.state == TrialState.COMPLETE for t in after) == sum(t.state == TrialState.COMPLETE for t in trials) + N_TRIALS
