@@ -163,6 +163,10 @@ def test_zoo_command_rewrites_the_interpreters_rl_zoo3_starts() -> None:
     assert zoo.zoo_command(["python", "enjoy.py", "--algo", "deep_sarsa", "-n", 5]) == [
         python, "-m", "deep_sarsa.zoo", "enjoy", "--algo", "deep_sarsa", "-n", "5",
     ]  # fmt: skip
+    assert zoo.zoo_command(["python", "-m", "rl_zoo3.plots.plot_train", "-f", "logs"]) == [
+        python, "-m", "deep_sarsa.zoo", "plot_train", "-f", "logs",
+    ]  # fmt: skip
+    assert zoo.zoo_command(["python", "-m", "rl_zoo3.no_such_script"]) is None
     assert zoo.zoo_command(["ffmpeg", "-i", "x.mp4"]) is None
     assert zoo.zoo_command(["python", "-c", "print()"]) is None
     assert zoo.zoo_command("python -m rl_zoo3.train") is None

@@ -103,13 +103,16 @@ def zoo_command(command: Sequence[Any]) -> list[str] | None:
 
     :param command: the command (a list of arguments)
     :return: ``[sys.executable, "-m", "deep_sarsa.zoo", name, *arguments]`` for ``python -m rl_zoo3.NAME ...``
-        and ``python enjoy.py ...`` (rl-zoo3's ``record_training`` and ``benchmark``); None for any other command
+        (a module of :data:`deep_sarsa.zoo.__main__.COMMANDS`) and ``python enjoy.py ...`` (rl-zoo3's
+        ``record_training`` and ``benchmark``); None for any other command
     """
     if isinstance(command, (str, bytes)) or len(command) < 2 or command[0] not in ("python", "python3"):
         return None
     arguments = [str(argument) for argument in command]
-    if len(arguments) >= 3 and arguments[1] == "-m" and arguments[2].startswith("rl_zoo3."):
-        name = arguments[2].removeprefix("rl_zoo3.").removeprefix("plots.")
+    from deep_sarsa.zoo.__main__ import COMMANDS
+
+    if len(arguments) >= 3 and arguments[1] == "-m" and arguments[2] in COMMANDS.values():
+        name = next(name for name, module in COMMANDS.items() if module == arguments[2])
         return [sys.executable, "-m", "deep_sarsa.zoo", name, *arguments[3:]]
     if arguments[1] in ("enjoy.py", "train.py", "record_video.py"):
         return [sys.executable, "-m", "deep_sarsa.zoo", arguments[1].removesuffix(".py"), *arguments[2:]]
