@@ -24,6 +24,8 @@ import yaml
 
 #: DeepSARSA's presets, in rl-zoo's format
 PRESETS_FILE = Path(str(resources.files("deep_sarsa") / "hyperparams" / "deep_sarsa.yml"))
+#: rl-zoo3's entries for env ids a file does not list (``default``) and for Atari games (``atari``): not presets
+ZOO_FALLBACK_ENTRIES = ("default", "atari")
 
 _ACROBOT_AND_LUNAR_LANDER: dict[str, Any] = dict(
     learning_rate=6.3e-4,
@@ -152,6 +154,8 @@ def load_presets(path: str | Path = PRESETS_FILE) -> dict[str, Preset]:
         raise ValueError(f"{path}: expected a mapping of env ids to hyperparameters, got {type(entries).__name__}")
     presets = {}
     for env_id, entry in entries.items():
+        if env_id in ZOO_FALLBACK_ENTRIES:
+            continue
         if not isinstance(entry, dict) or "n_timesteps" not in entry:
             raise ValueError(f"{path}: the entry {env_id!r} must be a mapping with n_timesteps")
         hyperparameters = {key: value for key, value in entry.items() if key not in ("n_timesteps", "policy")}

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suite (and examples' smoke mode) with the LOWEST versions pyproject.toml declares for
-# stable-baselines3, sb3-contrib, gymnasium and numpy, in a separate .venv-lowest. Safe to run again.
+# stable-baselines3, sb3-contrib, gymnasium and numpy, and for rl_zoo3 and optuna of the zoo extra (installed too, so
+# that tests/test_zoo.py and tests/test_tuning.py run here as well), in a separate .venv-lowest. Safe to run again.
+# rl_zoo3's lowest is 2.9.1: 2.9.0 caps gymnasium below 1.3 (our lowest gymnasium), 2.9.2 needs sb3-contrib 2.9.2.
 # The `==` pins are derived from pyproject.toml's `>=` bounds, so the two cannot drift apart; the
 # installed versions are checked against them. The CPU build of PyTorch comes first (constraints.txt).
 # Extra arguments go to pytest (e.g. -k masking).
@@ -24,9 +26,10 @@ try:
 except ImportError:  # Python 3.10: pip vendors tomli
     from pip._vendor import tomli as tomllib
 
-NAMES = ["stable-baselines3", "sb3-contrib", "gymnasium", "numpy"]
+NAMES = ["stable-baselines3", "sb3-contrib", "gymnasium", "numpy", "rl-zoo3", "optuna"]
 with open("pyproject.toml", "rb") as file:
-    dependencies = tomllib.load(file)["project"]["dependencies"]
+    project = tomllib.load(file)["project"]
+dependencies = project["dependencies"] + project["optional-dependencies"]["zoo"]
 bounds = {}
 for dependency in dependencies:
     match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9A-Za-z.]*)\s*(,.*)?", dependency.strip())
@@ -41,7 +44,7 @@ EOF
 echo "Lowest declared versions: $(tr '\n' ' ' < "$VENV/lowest-pins.txt")"
 
 "$PY" -m pip install --quiet -c constraints.txt torch
-"$PY" -m pip install --quiet -c constraints.txt -c "$VENV/lowest-pins.txt" -e ".[dev]"
+"$PY" -m pip install --quiet -c constraints.txt -c "$VENV/lowest-pins.txt" -e ".[dev,zoo]"
 
 # The pins took effect (pip would not, say, keep a newer version a constraint excludes)
 "$PY" - "$VENV/lowest-pins.txt" <<'EOF'
