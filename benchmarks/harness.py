@@ -50,7 +50,7 @@ from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR, RL_ZOO_DQN, preset, rl_zoo_
 from deep_sarsa.wrappers import TimeLimitAsTermination
 
 sys.path.insert(0, str(Path(__file__).parent))
-from jobstore import DONE, FAILED, Job, JobStore, StoreError, iterate_status, work  # noqa: E402
+from jobstore import DONE, FAILED, Job, JobStore, StoreError, iterate_status, work
 
 RUNS = Path(__file__).parent / "runs"
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
@@ -138,7 +138,7 @@ def job_path(runs: Path, task: str, algorithm: str, seed: int) -> Path:
 
 
 def train_job(job: Job, runs: Path) -> dict[str, Any]:
-    """Train and evaluate one (task, algorithm, seed); return its result (the task's model is saved under ``runs`` if it keeps one)."""
+    """Train and evaluate one (task, algorithm, seed); return its result (a task that keeps its model saves it in ``runs``)."""
     task, algorithm, seed, episodes = job
     th.set_num_threads(1)  # one job per core
     settings = TASKS[task]
@@ -186,7 +186,7 @@ def write_result(runs: Path, result: dict[str, Any]) -> Path:
 
 
 def run_job(job: tuple[str, str, int, int, Path]) -> Path:
-    """Train and evaluate one (task, algorithm, seed, evaluation episodes, runs folder) outside any store; write its JSON file."""
+    """Train and evaluate one (task, algorithm, seed, evaluation episodes, runs folder) without a store; write its JSON."""
     task, algorithm, seed, episodes, runs = job
     return write_result(runs, train_job(Job(task, algorithm, seed, episodes), runs))
 
@@ -229,10 +229,11 @@ def _positive(kind: type) -> Callable[[str], Any]:
         except ValueError:
             value = None
         if value is None or not value > 0 or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a positive {'whole number' if kind is int else 'number'}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a positive {'whole number' if kind is int else 'number'}, got {text!r}"
+            )
         return value
 
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
 
@@ -271,6 +272,7 @@ def _worker(url: str, lease: float, jobs: list[Job], runs: Path, job: JobFunctio
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C reaches the workers too
     os.environ["OMP_NUM_THREADS"] = "1"
     store = JobStore(url, lease=lease)
 

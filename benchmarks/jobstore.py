@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 TABLE = "deep_sarsa_grid_jobs"
@@ -453,7 +453,7 @@ class JobStore:
     def counts(self, among: Collection[Job] | None = None) -> Counter[str]:
         """How many jobs (of ``among``, else all) are in each status; an unknown job counts as pending."""
         statuses = {(row.task, row.algorithm, row.seed): row.status for row in self._select(_columns.status)}
-        counts: Counter[str] = Counter({status: 0 for status in STATUSES})
+        counts: Counter[str] = Counter(dict.fromkeys(STATUSES, 0))
         if among is None:
             counts.update(statuses.values())
         else:
@@ -497,7 +497,9 @@ def _loads(text: str, name: str) -> dict[str, Any]:
 
 
 def _fence_by_exit(message: str) -> None:
-    print(f"worker {worker_name()}: {message}; ending this process so that the job never runs twice", file=sys.stderr, flush=True)
+    print(
+        f"worker {worker_name()}: {message}; ending this process so that the job never runs twice", file=sys.stderr, flush=True
+    )
     os._exit(FENCED_EXIT)
 
 
@@ -546,7 +548,10 @@ class Heartbeat:
             try:
                 held = self.store.renew(self.claim)
             except Exception as error:  # the database is unreachable: the watchdog ends the worker if it stays so
-                print(f"worker {worker_name()}: could not renew the lease of {self.claim.job}: {_one_line(error)}", file=sys.stderr)
+                print(
+                    f"worker {worker_name()}: could not renew the lease of {self.claim.job}: {_one_line(error)}",
+                    file=sys.stderr,
+                )
                 continue
             if not held:
                 self._stop.set()
@@ -651,4 +656,5 @@ def iterate_status(store: JobStore, among: Collection[Job] | None = None) -> Ite
             yield f"  running  {row.job}  by {row.worker}, attempt {row.attempts}, {state}"
     for row in rows:
         if row.status == FAILED:
-            yield f"  failed   {row.job}  after {row.attempts} attempts: {(row.error or '').splitlines()[0] if row.error else ''}"
+            reason = row.error.splitlines()[0] if row.error else ""
+            yield f"  failed   {row.job}  after {row.attempts} attempts: {reason}"
