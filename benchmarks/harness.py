@@ -38,6 +38,7 @@ import torch as th
 from gymnasium.wrappers import TimeLimit
 from sb3_contrib.common.maskable.evaluation import evaluate_policy as evaluate_masked_policy
 from sb3_contrib.common.wrappers import ActionMasker
+from sqlalchemy.exc import SQLAlchemyError
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -277,13 +278,21 @@ def _worker(url: str, lease: float, jobs: list[Job], runs: Path, job: JobFunctio
     store = JobStore(url, lease=lease)
 
     def on_result(done: Job, result: dict[str, Any]) -> None:
-        print(f"wrote {write_result(runs, result)}", flush=True)
+        try:
+            print(f"wrote {write_result(runs, result)}", flush=True)
+        except OSError as error:  # a full disk: the result is safe in the store all the same
+            path = job_path(runs, done.task, done.algorithm, done.seed)
+            print(f"could not write {path} ({error}); its result is in the store: `harness.py export` writes it", flush=True)
 
     try:
         work(store, jobs, lambda claimed: job(claimed, runs), on_result=on_result, log=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print(f"worker {os.getpid()}: interrupted, its job given back", flush=True)
         sys.exit(130)
+    except SQLAlchemyError as error:
+        message = " ".join(str(error).split())[:500]
+        print(f"worker {os.getpid()}: the store {store.shown_url} failed ({message}); running the grid again resumes it")
+        sys.exit(1)
     finally:
         store.close()
 
@@ -328,7 +337,11 @@ def _run_workers(workers: int, url: str, lease: float, jobs: list[Job], runs: Pa
     processes = [
         context.Process(target=_worker, args=(url, lease, jobs, runs, job), name=f"grid worker {n}") for n in range(workers)
     ]
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         for process in processes:
             process.start()

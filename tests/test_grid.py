@@ -35,11 +35,12 @@ def grid_jobs(seeds: int) -> list[Job]:
 
 
 def fake_job(job: Job, runs: Path) -> dict[str, Any]:
-    """A job without training: logs its start and end in ``runs/log.jsonl``; ``GRID_FAKE_SECONDS`` long."""
+    """No training: logs its start and end in ``RUNS/log.jsonl`` (or ``$GRID_FAKE_LOG``), lasts ``$GRID_FAKE_SECONDS``."""
 
     def log(event: str) -> None:
         line = json.dumps({"event": event, "job": list(job.key), "pid": os.getpid(), "time": time.time()}) + "\n"
-        descriptor = os.open(runs / "log.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        folder = Path(os.environ.get("GRID_FAKE_LOG", runs))
+        descriptor = os.open(folder / "log.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(descriptor, line.encode())  # one small O_APPEND write: lines of several processes never mix
         finally:
@@ -409,6 +410,87 @@ def test_a_failed_job_makes_the_grid_command_fail(
     assert harness.grid(grid_args(harness, tmp_path, workers=1, seeds=1), job=fake_job) == 1  # failed stays failed
     assert harness.grid(grid_args(harness, tmp_path, workers=1, seeds=1, retry_failed=True), job=fake_job) == 0
     assert "(1 made pending again)" in capsys.readouterr().out
+
+
+def test_sigterm_to_the_grid_command_gives_the_running_jobs_back(harness: ModuleType, tmp_path: Path) -> None:
+    code = (
+        f"import sys; from pathlib import Path; sys.path[:0] = {[str(Path(__file__).parent), str(BENCHMARKS)]!r}\n"
+        "import harness, test_grid\n"
+        "try:\n"
+        "    harness.grid(test_grid.grid_args(harness, Path(sys.argv[1])), job=test_grid.fake_job)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    env = dict(os.environ, GRID_FAKE_SECONDS="60")
+    command = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for(lambda: len(events(tmp_path)) == 2, 120, "both workers to start a job")
+        command.send_signal(signal.SIGTERM)
+        returncode, output = finish(command, timeout=60)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert returncode == 130, output
+    for pid in {event["pid"] for event in events(tmp_path)}:  # the workers are gone too
+
+        def gone(pid: int = pid) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_for(gone, 30, f"worker {pid} to end")
+    store = JobStore(f"sqlite:///{tmp_path / 'grid.db'}")
+    assert store.counts() == {PENDING: 4, RUNNING: 0, DONE: 0, FAILED: 0}  # claimable at once, not after a lease
+    assert all(row.attempts == 0 for row in store.rows())
+    store.close()
+
+
+def test_a_full_disk_loses_no_result_and_leaves_no_partial_file(
+    harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The runs folder on a full tmpfs: the JSON files cannot be written, the results are in the store, export writes them."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        with open(disk / "filler", "wb", buffering=0) as filler:
+            try:
+                while filler.write(b"x" * 4096):
+                    pass
+            except OSError:
+                pass  # full
+        monkeypatch.setenv("GRID_FAKE_SECONDS", "0")
+        monkeypatch.setenv("GRID_FAKE_LOG", str(tmp_path))
+        url = f"sqlite:///{tmp_path / 'grid.db'}"
+        jobs = grid_jobs(2)
+        store = JobStore(url)
+        store.add(jobs)
+        handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        try:
+            harness._worker(url, 30.0, jobs, disk, fake_job)  # one worker, in this process
+        finally:
+            signal.signal(signal.SIGTERM, handlers[0])
+            signal.signal(signal.SIGINT, handlers[1])
+        out = capsys.readouterr().out
+        assert out.count("could not write") == 4 and "No space left on device" in out and "harness.py export" in out
+        assert sorted(path.name for path in disk.rglob("*") if path.is_file()) == ["filler"]  # no partial file
+        assert store.counts()[DONE] == 4
+        (disk / "filler").unlink()
+        assert harness.main(["export", "--store", url, "--runs", str(disk)]) == 0
+        assert {json.dumps(json.loads(path.read_text()), sort_keys=True) for path in disk.glob("*/*/*.json")} == {
+            json.dumps(result, sort_keys=True) for result in store.results()
+        }
+        store.close()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.mark.parametrize("value", ["0/2", "3/2", "1/0", "0/0", "-1/2", "a/b", "1", "1/2/3", ""])
