@@ -242,7 +242,6 @@ def store_url(args: argparse.Namespace) -> str:
     """``--store``, or the SQLite file ``grid.db`` in the runs folder."""
     if getattr(args, "store", None):
         return str(args.store)
-    args.runs.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{args.runs / 'grid.db'}"
 
 
@@ -308,6 +307,8 @@ def grid(args: argparse.Namespace, job: JobFunction = train_job) -> int:
     jobs = jobs_of(args)
     index, count = args.shard
     jobs = [item for i, item in enumerate(jobs) if i % count == index - 1]
+    if not getattr(args, "store", None):
+        args.runs.mkdir(parents=True, exist_ok=True)
     store = JobStore(store_url(args), lease=args.lease)
     try:
         added = store.add(jobs, finished_here(args.runs, jobs))
@@ -318,9 +319,10 @@ def grid(args: argparse.Namespace, job: JobFunction = train_job) -> int:
             f"{counts[FAILED]} failed{f' ({retried} made pending again)' if retried else ''}",
             flush=True,
         )
-        if counts[DONE] + counts[FAILED] < len(jobs):
+        left = len(jobs) - counts[DONE] - counts[FAILED]
+        if left:
             url = store.url.render_as_string(hide_password=False)  # the workers need the password
-            _run_workers(args.workers, url, args.lease, jobs, args.runs, job)
+            _run_workers(min(args.workers, left), url, args.lease, jobs, args.runs, job)
         counts = store.counts(jobs)
         print(f"{counts[DONE]} of {len(jobs)} jobs done, {counts[FAILED]} failed", flush=True)
         for line in iterate_status(store, jobs):

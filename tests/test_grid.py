@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,12 @@ class Workers:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'grid.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
+    """A fresh store on each engine."""
+    return sqlite_url if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
@@ -321,9 +328,37 @@ def test_a_failing_job_is_failed_not_retried_until_asked(
     assert sum(event["event"] == "end" for event in events(tmp_path)) == 4  # the done ones never ran again
 
 
-def test_claims_are_exclusive_and_a_lost_claim_records_nothing(sqlite_url: str) -> None:
+def test_concurrent_claims_never_hand_out_a_job_twice(any_url: str) -> None:
+    """Eight threads, each with its own engine (its own connections), claim 40 jobs as fast as they can."""
+    jobs = grid_jobs(20)
+    stores = [JobStore(any_url, lease=30) for _ in range(8)]
+    stores[0].add(jobs)
+    claimed: list[list[jobstore.Claim]] = [[] for _ in stores]
+    start = threading.Barrier(len(stores))
+
+    def claim_all(index: int) -> None:
+        start.wait()
+        while (claim := stores[index].claim(f"thread {index}", jobs)) is not None:
+            claimed[index].append(claim)
+
+    threads = [threading.Thread(target=claim_all, args=(index,)) for index in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    every = [claim.job for claims in claimed for claim in claims]
+    assert sorted(every) == sorted(jobs)  # each job once
+    assert sum(bool(claims) for claims in claimed) >= 2
+    rows = {row.job: row for row in stores[0].rows()}
+    for index, claims in enumerate(claimed):
+        assert all(rows[claim.job].worker == f"thread {index}" and rows[claim.job].attempts == 1 for claim in claims)
+    for store in stores:
+        store.close()
+
+
+def test_claims_are_exclusive_and_a_lost_claim_records_nothing(any_url: str) -> None:
     jobs = grid_jobs(1)
-    first, second = JobStore(sqlite_url, lease=0.5, max_attempts=2), JobStore(sqlite_url, lease=0.5, max_attempts=2)
+    first, second = JobStore(any_url, lease=0.5, max_attempts=2), JobStore(any_url, lease=0.5, max_attempts=2)
     first.add(jobs)
     a = first.claim("a", jobs)
     b = second.claim("b", jobs)
