@@ -27,7 +27,9 @@ How a job is run once:
 - **Fencing.** A live worker never runs a job that someone else has claimed: a watchdog thread ends the
   worker's process (exit code :data:`FENCED_EXIT`) when its last successful renewal is 80% of a lease old
   (the database unreachable, the process stopped and resumed) or as soon as a renewal finds the lease
-  taken, so it is gone before the lease it held can expire on the database's clock.
+  taken, so it is gone before the lease it held can expire on the database's clock. (A process that was
+  stopped, SIGSTOP, past its lease and then resumed may run a few milliseconds of its job before its
+  watchdog ends it; it can record nothing.)
 - **Finished jobs never run again.** Nothing moves a row out of ``done``. A job that raised is
   ``failed`` (with its traceback) and stays so until a ``grid --retry-failed``; a job whose workers died
   ``max_attempts`` times running it is failed too, instead of killing workers forever.
