@@ -6,6 +6,7 @@ once its lease expires, a worker that cannot renew its lease ends itself, and ba
 The workers are real processes running a fake job (no training) that logs when it starts and ends.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -465,8 +466,11 @@ def test_sigterm_to_the_grid_command_gives_the_running_jobs_back(harness: Module
         command.send_signal(signal.SIGTERM)
         returncode, output = finish(command, timeout=60)
     finally:
-        if command.poll() is None:
+        if command.poll() is None:  # the test failed: end the command and its workers (their pids are in the log)
             command.kill()
+            for pid in {event["pid"] for event in events(tmp_path)}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     assert returncode == 130, output
     for pid in {event["pid"] for event in events(tmp_path)}:  # the workers are gone too
 
