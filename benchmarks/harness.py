@@ -526,6 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (StoreError, ValueError) as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    except SQLAlchemyError as error:  # the database went away while the command ran
+        parser.exit(1, f"{parser.prog} {args.command}: error: the store failed: {' '.join(str(error).split())[:500]}\n")
     except KeyboardInterrupt:
         return 130
 
