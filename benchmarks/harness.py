@@ -1,24 +1,34 @@
 """
 Learning-quality benchmark: DeepSARSA (each ``next_action`` variant) beside SB3's DQN.
 
-Every (task, algorithm, seed) is an independent job that writes one JSON file, so a grid can be
-resumed (finished jobs are skipped), sharded across processes or machines, and reported later.
-Each job evaluates the deterministic policy with SB3's ``evaluate_policy`` every ``eval_freq``
-steps (20 episodes by default, on a separate env) and records training wall-clock time (without
-the evaluations).
+Every (task, algorithm, seed) is an independent job. Workers claim the jobs of a grid from a shared
+store (``benchmarks/jobstore.py``: a table in a SQLite file on one machine, the default
+``benchmarks/runs/grid.db``, or in a PostgreSQL database for several machines), so any number of
+processes on any number of machines run one grid once, and running the same command again resumes it
+after a crash (a job whose worker died is claimed again once its lease expires; finished jobs never
+rerun). Each job evaluates the deterministic policy with SB3's ``evaluate_policy`` every ``eval_freq``
+steps (20 episodes by default, on a separate env) and records training wall-clock time (without the
+evaluations). Its result goes into the store and into one JSON file on the machine that ran it
+(``benchmarks/runs/TASK/ALGORITHM/seedN.json``); JSON files already in the runs folder count as done.
 
-    python benchmarks/harness.py grid --tasks CartPole-v1 --seeds 5 --workers 2
-    python benchmarks/harness.py grid --tasks CartPole-v1 Acrobot-v1 --shard 1/2   # half of the jobs
-    python benchmarks/harness.py report                                           # RESULTS table + plots
+    python benchmarks/harness.py grid --tasks CartPole-v1 --seeds 5 --workers 2        # store: benchmarks/runs/grid.db
+    python benchmarks/harness.py grid --store postgresql+psycopg://bench:secret@db-host/bench --workers 8   # on each machine
+    python benchmarks/harness.py status --store postgresql+psycopg://bench:secret@db-host/bench
+    python benchmarks/harness.py export --store postgresql+psycopg://bench:secret@db-host/bench   # every result as JSON here
+    python benchmarks/harness.py report                                                 # RESULTS table + plots
 """
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
+import re
+import signal
 import subprocess
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +38,20 @@ import torch as th
 from gymnasium.wrappers import TimeLimit
 from sb3_contrib.common.maskable.evaluation import evaluate_policy as evaluate_masked_policy
 from sb3_contrib.common.wrappers import ActionMasker
+from sqlalchemy.exc import SQLAlchemyError
 from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from deep_sarsa import DeepSARSA
+from deep_sarsa.files import atomic_path
 from deep_sarsa.masking import toy_text_action_mask
 from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR, RL_ZOO_DQN, preset, rl_zoo_dqn
 from deep_sarsa.wrappers import TimeLimitAsTermination
+
+sys.path.insert(0, str(Path(__file__).parent))
+from jobstore import DONE, FAILED, Job, JobStore, StoreError, iterate_status, work
 
 RUNS = Path(__file__).parent / "runs"
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
@@ -123,9 +138,9 @@ def job_path(runs: Path, task: str, algorithm: str, seed: int) -> Path:
     return runs / task / algorithm / f"seed{seed}.json"
 
 
-def run_job(job: tuple[str, str, int, int, Path]) -> Path:
-    """Train and evaluate one (task, algorithm, seed); write its JSON file; return the path."""
-    task, algorithm, seed, episodes, runs = job
+def train_job(job: Job, runs: Path) -> dict[str, Any]:
+    """Train and evaluate one (task, algorithm, seed); return its result (a task that keeps its model saves it in ``runs``)."""
+    task, algorithm, seed, episodes = job
     th.set_num_threads(1)  # one job per core
     settings = TASKS[task]
     hyperparameters = hyperparameters_of(task)
@@ -146,10 +161,13 @@ def run_job(job: tuple[str, str, int, int, Path]) -> Path:
     start = time.perf_counter()
     model.learn(settings["steps"], callback=evaluate)
     train_seconds = time.perf_counter() - start - evaluate.seconds
-    result = {
+    if settings.get("save_model"):
+        model.save(job_path(runs, task, algorithm, seed).with_suffix(".zip"))
+    return {
         "task": task,
         "algorithm": algorithm,
         "seed": seed,
+        "episodes": episodes,
         "steps": model.num_timesteps,
         "curve": evaluate.curve,
         "train_seconds": train_seconds,
@@ -158,14 +176,20 @@ def run_job(job: tuple[str, str, int, int, Path]) -> Path:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, one torch thread per job",
         "commit": _commit(),
     }
-    path = job_path(runs, task, algorithm, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if settings.get("save_model"):
-        model.save(path.with_suffix(".zip"))
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result, indent=1))
-    temporary.replace(path)
+
+
+def write_result(runs: Path, result: dict[str, Any]) -> Path:
+    """Write a job's result as its JSON file in ``runs`` (whole or not at all); return the path."""
+    path = job_path(runs, result["task"], result["algorithm"], result["seed"])
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(result, indent=1))
     return path
+
+
+def run_job(job: tuple[str, str, int, int, Path]) -> Path:
+    """Train and evaluate one (task, algorithm, seed, evaluation episodes, runs folder) without a store; write its JSON."""
+    task, algorithm, seed, episodes, runs = job
+    return write_result(runs, train_job(Job(task, algorithm, seed, episodes), runs))
 
 
 def _commit() -> str:
@@ -178,10 +202,10 @@ def _commit() -> str:
         return "unknown"
 
 
-def jobs_of(args: argparse.Namespace) -> list[tuple[str, str, int, int, Path]]:
-    """The (task, algorithm, seed, evaluation episodes, runs folder) jobs of a grid, in order."""
+def jobs_of(args: argparse.Namespace) -> list[Job]:
+    """The (task, algorithm, seed, evaluation episodes) jobs of a grid, in order."""
     return [
-        (task, algorithm, seed, args.episodes, args.runs)
+        Job(task, algorithm, seed, args.episodes)
         for task in args.tasks
         for seed in range(args.seeds)
         for algorithm in args.algorithms
@@ -189,16 +213,183 @@ def jobs_of(args: argparse.Namespace) -> list[tuple[str, str, int, int, Path]]:
     ]
 
 
-def grid(args: argparse.Namespace) -> None:
-    jobs = jobs_of(args)
-    index, count = (int(part) for part in args.shard.split("/"))
-    jobs = [job for i, job in enumerate(jobs) if i % count == index - 1]
-    todo = [job for job in jobs if not job_path(args.runs, job[0], job[1], job[2]).exists()]
-    print(f"{len(jobs)} jobs in this shard, {len(jobs) - len(todo)} done already, {len(todo)} to run", flush=True)
+def shard(text: str) -> tuple[int, int]:
+    """``--shard i/n``: the i-th of n parts of a grid (1 <= i <= n); an ``argparse`` type."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise argparse.ArgumentTypeError(
+            f"expected i/n with whole numbers 1 <= i <= n (e.g. 1/2 and 2/2 for two halves), got {text!r}"
+        )
+    return int(match[1]), int(match[2])
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"expected a positive {'whole number' if kind is int else 'number'}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def store_url(args: argparse.Namespace) -> str:
+    """``--store``, or the SQLite file ``grid.db`` in the runs folder."""
+    if getattr(args, "store", None):
+        return str(args.store)
+    return f"sqlite:///{args.runs / 'grid.db'}"
+
+
+def finished_here(runs: Path, jobs: Sequence[Job]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The results of ``jobs`` that the runs folder has as JSON files (from earlier runs, or copied from elsewhere)."""
+    finished = {}
+    for job in jobs:
+        path = job_path(runs, job.task, job.algorithm, job.seed)
+        if not path.exists():
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: not a readable result ({error}); delete it to run the job again") from None
+        if not isinstance(result, dict) or [result.get(k) for k in ("task", "algorithm", "seed")] != list(job.key):
+            raise ValueError(f"{path}: not the result of {job} (expected its task, algorithm and seed); delete or move it")
+        finished[job.key] = result
+    return finished
+
+
+JobFunction = Callable[[Job, Path], dict[str, Any]]
+
+
+def _worker(url: str, lease: float, jobs: list[Job], runs: Path, job: JobFunction) -> None:
+    """One worker process: claim and run jobs until the grid is done; a SIGTERM or Ctrl-C gives the running job back."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C reaches the workers too
     os.environ["OMP_NUM_THREADS"] = "1"
-    with ProcessPoolExecutor(args.workers) as pool:
-        for path in pool.map(run_job, todo):
-            print(f"wrote {path}", flush=True)
+    store = JobStore(url, lease=lease)
+
+    def on_result(done: Job, result: dict[str, Any]) -> None:
+        try:
+            print(f"wrote {write_result(runs, result)}", flush=True)
+        except OSError as error:  # a full disk: the result is safe in the store all the same
+            path = job_path(runs, done.task, done.algorithm, done.seed)
+            print(f"could not write {path} ({error}); its result is in the store: `harness.py export` writes it", flush=True)
+
+    try:
+        work(store, jobs, lambda claimed: job(claimed, runs), on_result=on_result, log=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"worker {os.getpid()}: interrupted, its job given back", flush=True)
+        sys.exit(130)
+    except SQLAlchemyError as error:
+        message = " ".join(str(error).split())[:500]
+        print(f"worker {os.getpid()}: the store {store.shown_url} failed ({message}); running the grid again resumes it")
+        sys.exit(1)
+    finally:
+        store.close()
+
+
+def grid(args: argparse.Namespace, job: JobFunction = train_job) -> int:
+    """
+    Add the grid's jobs to the store, then run ``--workers`` worker processes on it until it is done.
+
+    :param args: the ``grid`` command's arguments
+    :param job: the job function (tests give a fast fake one; it must be importable by name)
+    :return: the exit status: 0 if every job of the grid is done
+    """
+    jobs = jobs_of(args)
+    index, count = args.shard
+    jobs = [item for i, item in enumerate(jobs) if i % count == index - 1]
+    if not getattr(args, "store", None):
+        args.runs.mkdir(parents=True, exist_ok=True)
+    store = JobStore(store_url(args), lease=args.lease)
+    try:
+        added = store.add(jobs, finished_here(args.runs, jobs))
+        retried = store.retry_failed(jobs) if args.retry_failed else 0
+        counts = store.counts(jobs)
+        print(
+            f"{len(jobs)} jobs in this grid ({added} new to {store.shown_url}), {counts[DONE]} done already, "
+            f"{counts[FAILED]} failed{f' ({retried} made pending again)' if retried else ''}",
+            flush=True,
+        )
+        left = len(jobs) - counts[DONE] - counts[FAILED]
+        if left:
+            url = store.url.render_as_string(hide_password=False)  # the workers need the password
+            _run_workers(min(args.workers, left), url, args.lease, jobs, args.runs, job)
+        counts = store.counts(jobs)
+        print(f"{counts[DONE]} of {len(jobs)} jobs done, {counts[FAILED]} failed", flush=True)
+        for line in iterate_status(store, jobs):
+            if line.startswith("  failed"):
+                print(line, flush=True)
+        return 0 if counts[DONE] == len(jobs) else 1
+    finally:
+        store.close()
+
+
+def _run_workers(workers: int, url: str, lease: float, jobs: list[Job], runs: Path, job: JobFunction) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked database connections or torch state
+    processes = [
+        context.Process(target=_worker, args=(url, lease, jobs, runs, job), name=f"grid worker {n}") for n in range(workers)
+    ]
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        # The workers give their jobs back (a Ctrl-C reached them too; a SIGTERM to this process did not)
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(30)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for process in processes:
+        if process.exitcode:
+            print(f"{process.name} (pid {process.pid}) ended with exit code {process.exitcode}", file=sys.stderr, flush=True)
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print how far the store's grid is: counts, running jobs (by whom, lease left), failed jobs (why)."""
+    store = JobStore(store_url(args), create=False)
+    try:
+        for line in iterate_status(store):
+            print(line)
+    finally:
+        store.close()
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write every result of the store as its JSON file in the runs folder (collects what other machines ran)."""
+    store = JobStore(store_url(args), create=False)
+    try:
+        results = store.results()
+    finally:
+        store.close()
+    written = 0
+    for result in results:
+        path = job_path(args.runs, result["task"], result["algorithm"], result["seed"])
+        if not path.exists() or json.loads(path.read_text()) != result:
+            write_result(args.runs, result)
+            written += 1
+    print(f"{len(results)} results in the store, {written} JSON files written in {args.runs}")
+    return 0
 
 
 def quartiles(values: list[float]) -> str:
@@ -212,7 +403,14 @@ def report(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [json.loads(path.read_text()) for path in sorted(args.runs.glob("*/*/seed*.json"))]
+    if getattr(args, "store", None):
+        store = JobStore(args.store, create=False)
+        try:
+            results = store.results()
+        finally:
+            store.close()
+    else:
+        results = [json.loads(path.read_text()) for path in sorted(args.runs.glob("*/*/seed*.json"))]
     tasks = [task for task in TASKS if any(r["task"] == task for r in results)]
     lines = [
         "| task | algorithm | seeds | final return: median [IQR] | area under curve: median [IQR] "
@@ -289,23 +487,50 @@ def report(args: argparse.Namespace) -> None:
     print(text)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    grid_parser = commands.add_parser("grid", help="run (the missing) jobs of a grid")
+    store_help = "the job store: a SQLAlchemy URL, sqlite:///FILE (one machine) or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+    grid_parser = commands.add_parser("grid", help="run the grid's jobs that nobody ran yet, with the store's other workers")
     grid_parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     grid_parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS + EXTRA_ALGORITHMS)
-    grid_parser.add_argument("--seeds", type=int, default=5)
-    grid_parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes")
-    grid_parser.add_argument("--workers", type=int, default=2)
-    grid_parser.add_argument("--shard", default="1/1", help="i/n: run every n-th job starting at the i-th")
+    grid_parser.add_argument("--seeds", type=_positive(int), default=5)
+    grid_parser.add_argument("--episodes", type=_positive(int), default=20, help="evaluation episodes")
+    grid_parser.add_argument("--workers", type=_positive(int), default=2, help="worker processes on this machine")
+    grid_parser.add_argument("--store", help=store_help + " (default: sqlite:///RUNS/grid.db)")
+    grid_parser.add_argument(
+        "--lease", type=_positive(float), default=60.0, help="seconds after which a silent worker's job is claimed again"
+    )
+    grid_parser.add_argument("--retry-failed", action="store_true", help="run the grid's failed jobs again")
+    grid_parser.add_argument(
+        "--shard", type=shard, default=(1, 1), help="i/n: only every n-th job starting at the i-th (without a shared store)"
+    )
     grid_parser.add_argument("--runs", type=Path, default=RUNS)
-    report_parser = commands.add_parser("report", help="aggregate the JSON files into a table and plots")
+    for name, text in (("status", "how far the store's grid is"), ("export", "write the store's results as JSON files")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--store", help=store_help + " (default: sqlite:///RUNS/grid.db)")
+        command.add_argument("--runs", type=Path, default=RUNS)
+    report_parser = commands.add_parser("report", help="aggregate the results into a table and plots")
     report_parser.add_argument("--runs", type=Path, default=RUNS)
+    report_parser.add_argument("--store", help="read the results from this store instead of the runs folder's JSON files")
     report_parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "learning.md")
-    args = parser.parse_args()
-    grid(args) if args.command == "grid" else report(args)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "grid":
+            return grid(args)
+        if args.command == "status":
+            return status(args)
+        if args.command == "export":
+            return export(args)
+        report(args)
+        return 0
+    except (StoreError, ValueError) as error:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    except SQLAlchemyError as error:  # the database went away while the command ran
+        parser.exit(1, f"{parser.prog} {args.command}: error: the store failed: {' '.join(str(error).split())[:500]}\n")
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
