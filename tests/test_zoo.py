@@ -178,6 +178,7 @@ def test_a_subprocess_rl_zoo3_starts_sees_the_registration(in_tmp: Path) -> None
         "import subprocess, sys\n"
         "import deep_sarsa.zoo as zoo\n"
         "zoo.register()\n"
+        "zoo.redirect_subprocesses()\n"
         "sys.exit(subprocess.call(['python', '-m', 'rl_zoo3.record_video', '--help'], stdout=open('help.txt', 'w')))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)

@@ -13,7 +13,8 @@ parser. :func:`register` does that and adapts the places where rl-zoo3 treats th
 - ``enjoy`` and ``record_video`` load the model with a one-row replay buffer, as rl-zoo3 does for DQN;
 - the scripts that start fresh interpreters (``record_training`` runs ``python -m rl_zoo3.record_video``,
   ``benchmark`` runs ``python enjoy.py``) run ``python -m deep_sarsa.zoo record_video`` / ``enjoy`` instead, so
-  the registration reaches them (:func:`redirect_subprocesses`).
+  the registration reaches them (:func:`redirect_subprocesses`, which ``python -m deep_sarsa.zoo`` calls; it
+  replaces ``subprocess.Popen``, so :func:`register` leaves it out).
 
 Nothing in rl-zoo3's files changes, and nothing happens at import: only :func:`register` (called by
 ``python -m deep_sarsa.zoo``) touches rl-zoo3's module attributes, in the process that calls it.
@@ -199,7 +200,6 @@ def register() -> None:
     rl_zoo3.exp_manager.TrialEvalCallback = MaskAwareTrialEvalCallback  # type: ignore[misc,assignment]
     rl_zoo3.create_test_env = _recording(rl_zoo3.create_test_env)
     rl_zoo3.utils.create_test_env = _recording(rl_zoo3.utils.create_test_env)
-    redirect_subprocesses()
     _registered = True
 
 

@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import deep_sarsa.zoo as zoo
 
         zoo.register()
+        zoo.redirect_subprocesses()  # record_training / benchmark start fresh interpreters
     except ImportError as error:
         return _missing_zoo(error)
     if command in PLAYING:
