@@ -22,6 +22,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from sb3_contrib.common.wrappers import ActionMasker
 from stable_baselines3.common.buffers import ReplayBuffer
 
 #: The attribute of the replay buffer that holds its :class:`NextStateMasks`
@@ -166,3 +167,15 @@ def toy_text_action_mask(env: gym.Env) -> np.ndarray:
     if not hasattr(toy_text, "action_mask"):
         raise ValueError(f"{toy_text} has no action_mask(state) method (Gymnasium's Taxi has one)")
     return np.asarray(toy_text.action_mask(toy_text.s), dtype=bool)  # type: ignore[attr-defined]
+
+
+class ToyTextActionMasker(ActionMasker):
+    """
+    sb3-contrib's ``ActionMasker`` with :func:`toy_text_action_mask`, as a class that a presets
+    file's ``env_wrapper:`` can name (``deep_sarsa.masking.ToyTextActionMasker``, Taxi's preset).
+
+    :param env: a toy-text env with an ``action_mask(state)`` method (Taxi)
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env, toy_text_action_mask)

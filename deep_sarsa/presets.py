@@ -116,6 +116,9 @@ class Preset(NamedTuple):
     n_timesteps: int
     #: DeepSARSA keywords (``policy_kwargs`` parsed into a dict)
     hyperparameters: dict[str, Any]
+    #: rl-zoo's ``env_wrapper``: a wrapper's import path, ``{path: kwargs}``, or a list of them,
+    #: applied innermost first (the env needs them: a time limit, action masks); None if there are none
+    env_wrapper: Any = None
 
 
 def parse_policy_kwargs(text: str, name: str = "policy_kwargs") -> dict[str, Any]:
@@ -154,10 +157,12 @@ def load_presets(path: str | Path = PRESETS_FILE) -> dict[str, Preset]:
     for env_id, entry in entries.items():
         if not isinstance(entry, dict) or "n_timesteps" not in entry:
             raise ValueError(f"{path}: the entry {env_id!r} must be a mapping with n_timesteps")
-        hyperparameters = {key: value for key, value in entry.items() if key not in ("n_timesteps", "policy")}
+        hyperparameters = {key: value for key, value in entry.items() if key not in ("n_timesteps", "policy", "env_wrapper")}
         if isinstance(hyperparameters.get("policy_kwargs"), str):
             hyperparameters["policy_kwargs"] = parse_policy_kwargs(hyperparameters["policy_kwargs"])
-        presets[env_id] = Preset(str(entry.get("policy", "MlpPolicy")), int(entry["n_timesteps"]), hyperparameters)
+        presets[env_id] = Preset(
+            str(entry.get("policy", "MlpPolicy")), int(entry["n_timesteps"]), hyperparameters, entry.get("env_wrapper")
+        )
     return presets
 
 
