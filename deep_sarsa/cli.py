@@ -12,6 +12,7 @@ import inspect
 import json
 import pathlib
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -386,11 +387,15 @@ def _learn(model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, progress
         reset_num_timesteps=model.num_timesteps == 0,
     )
     seconds = time.perf_counter() - start
+    model.get_env().close()  # type: ignore[union-attr]  # flushes and closes the monitor logs
+    eval_env.close()
     if saver.interrupted:
-        signal_name = str(getattr(saver, "signal_name", None) or "SIGINT")
+        received = getattr(saver, "signal", None)
+        signal_name = signal.Signals(received).name if received is not None else "SIGINT"
+        where = getattr(saver, "last_checkpoint", None) or output / CHECKPOINT_FOLDER
         errors.print(
             f"[yellow]{signal_name} at step {model.num_timesteps} of {run['timesteps']}:[/] checkpoint saved in "
-            f"{escape(str(output / CHECKPOINT_FOLDER))}; continue with: deep-sarsa train --resume {escape(str(output))}"
+            f"{escape(str(where))}; continue with: deep-sarsa train --resume {escape(str(output))}"
         )
         return INTERRUPT_EXIT_CODES.get(signal_name, 130), evaluation, seconds
     return 0, evaluation, seconds
@@ -401,6 +406,7 @@ def _finish(model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, evaluat
     model.save(output / FINAL_MODEL)
     eval_env = _vec_env(run["env_id"], run.get("env_wrapper"), 1, run["seed"] + 20_000)
     returns, _ = _evaluate(model, eval_env, run["eval_episodes"])
+    eval_env.close()
     curve = _plot([output], output / "learning_curve.png")
 
     table = Table(title=f"DeepSARSA on {run['env_id']}", show_header=False)
@@ -536,9 +542,9 @@ def resume_run(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """Evaluate a saved model: mean ± std of the return, episode lengths."""
     model_path = _model_file(args.model)
-    env_id, env_wrapper, where = _env_of(model_path, args.env)
     # buffer_size=1: evaluating needs no replay buffer (the saved one may be large)
     model = _load(model_path, args.trusted, buffer_size=1)
+    env_id, env_wrapper, where = _env_of(model_path, args.env)
     eval_env = make_vec_env(
         lambda: make_wrapped_env(env_id, env_wrapper, where=where, trusted=args.trusted), n_envs=1, seed=args.seed
     )
@@ -640,8 +646,8 @@ def enjoy(args: argparse.Namespace) -> int:
             raise UsageError(f"--record writes an MP4 video: the file name must end in .mp4, got {args.record}")
         _require_video_extra()
     model_path = _model_file(args.model)
-    env_id, env_wrapper, where = _env_of(model_path, args.env)
     model = _load(model_path, args.trusted, buffer_size=1)
+    env_id, env_wrapper, where = _env_of(model_path, args.env)
     render_mode = "rgb_array" if output is not None else "human"
     env = make_wrapped_env(env_id, env_wrapper, render_mode=render_mode, where=where, trusted=args.trusted)
     frames: list[np.ndarray] = []

@@ -1,6 +1,9 @@
 """The ``deep-sarsa`` command: each subcommand on a tiny run, and its errors with their exit codes."""
 
+import contextlib
+import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -8,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from deep_sarsa import DeepSARSA
-from deep_sarsa.cli import main
+from deep_sarsa.cli import build_parser, json_value, main
 
 TINY = [
     "--timesteps",
@@ -22,23 +26,163 @@ TINY = [
     "--hyperparams",
     "learning_starts=100",
     "train_freq=4",
+    "gradient_steps=1",
 ]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A tiny CartPole run, and what train printed."""
     output = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "CartPole-v1", "--output", str(output), "--next-action", "stored", *TINY]) == 0
-    return output
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # rich's console writes to the sys.stdout of the moment
+        assert main(["train", "CartPole-v1", "--output", str(output), "--next-action", "stored", *TINY]) == 0
+    return output, printed.getvalue()
+
+
+@pytest.fixture
+def run(trained: tuple[Path, str]) -> Path:
+    return trained[0]
 
 
 def test_train_writes_the_run_folder(run: Path) -> None:
     assert (run / "model.zip").exists() and (run / "learning_curve.png").stat().st_size > 1000
-    settings = json.loads((run / "run.json").read_text())
-    assert settings["env_id"] == "CartPole-v1" and settings["hyperparameters"]["next_action"] == "'stored'"
-    assert settings["hyperparameters"]["learning_rate"] == "0.0023"  # rl-zoo's preset, then overrides
     assert list((run / "monitor").glob("*.monitor.csv")) and (run / "eval" / "evaluations.npz").exists()
-    assert list((run / "checkpoints").glob("*.zip"))
+
+
+def test_run_json_stores_json_values_not_reprs(run: Path) -> None:
+    settings = json.loads((run / "run.json").read_text())
+    assert settings["env_id"] == "CartPole-v1" and settings["timesteps"] == 600
+    hyperparameters = settings["hyperparameters"]
+    assert hyperparameters["next_action"] == "stored"  # was "'stored'"
+    assert hyperparameters["learning_rate"] == 0.0023  # rl-zoo's preset, then overrides
+    assert hyperparameters["train_freq"] == 4 and hyperparameters["policy_kwargs"] == {"net_arch": [256, 256]}
+
+
+def test_json_value_turns_tuples_into_lists() -> None:
+    assert json_value({"target_update_interval": (5, "episode"), "x": [(1, 2)]}) == {
+        "target_update_interval": [5, "episode"],
+        "x": [[1, 2]],
+    }
+    assert json_value(int) == "<class 'int'>"  # no JSON type: its repr
+
+
+def test_the_summary_table_has_no_empty_header_row(trained: tuple[Path, str]) -> None:
+    lines = [line for line in trained[1].splitlines() if line.strip()]
+    title = next(i for i, line in enumerate(lines) if "DeepSARSA on CartPole-v1" in line)
+    top, first = lines[title + 1], lines[title + 2]
+    assert top.startswith("┌") and "next_action" in first and "stored" in first  # the first row holds data
+    assert not any(re.fullmatch(r"[│┃]\s*[│┃]\s*[│┃]", line.strip()) for line in lines)  # no row of blank cells
+    assert "best evaluation" in trained[1]
+
+
+def test_the_best_model_is_kept_and_is_what_a_run_folder_means(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with np.load(run / "eval" / "evaluations.npz") as data:
+        means, timesteps = data["results"].mean(axis=1), data["timesteps"]
+    assert len(timesteps) == 10  # every 60 of the 600 steps
+    best = DeepSARSA.load(run / "best_model.zip")
+    assert best.num_timesteps == timesteps[int(np.argmax(means))]  # saved at its first best evaluation
+    assert main(["evaluate", str(run), "--episodes", "1", "--json"]) == 0  # a folder: was "Is a directory"
+    assert json.loads(capsys.readouterr().out)["model"] == str(run / "best_model.zip")
+
+
+def test_a_folder_without_a_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder without best_model.zip or model.zip" in capsys.readouterr().err
+
+
+def test_help_is_plain_text() -> None:
+    parser = build_parser()
+    texts = [parser.format_help()]
+    texts += [action.choices[name].format_help() for action in parser._subparsers._group_actions for name in action.choices]  # type: ignore[union-attr]
+    assert len(texts) == 5
+    for text in texts:
+        assert "``" not in text and ":param" not in text and ":func:" not in text and ":class:" not in text
+    assert "deep-sarsa train --resume" in texts[0] and "Exit codes" in texts[0]
+
+
+def test_a_used_run_folder_is_refused_unless_force(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "again"
+    shutil.copytree(run, output)
+    (output / "checkpoint").mkdir(exist_ok=True)
+    (output / "checkpoint" / "old.zip").write_bytes(b"old")
+    assert main(["train", "CartPole-v1", "--output", str(output), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"{output} already holds a run" in err and "--resume" in err and "--force" in err
+    assert (output / "checkpoint" / "old.zip").exists()  # untouched
+    assert main(["train", "CartPole-v1", "--output", str(output), "--force", *TINY]) == 0
+    assert not (output / "checkpoint" / "old.zip").exists()  # nothing of the old run is mixed in
+    assert json.loads((output / "run.json").read_text())["hyperparameters"]["next_action"] == "sampled"
+    assert len(list((output / "monitor").glob("*.csv"))) == 1
+
+
+def test_a_bad_hyperparameter_with_force_leaves_the_old_run(run: Path, tmp_path: Path) -> None:
+    output = tmp_path / "kept"
+    shutil.copytree(run, output)
+    assert main(["train", "CartPole-v1", "--output", str(output), "--force", "--hyperparams", "gamma=2"]) == 2
+    assert (output / "model.zip").exists() and (output / "run.json").exists()
+
+
+def _run_cli(*argv: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "deep_sarsa.cli", *argv]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=_environment())
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def cliff(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CliffWalking run, in a subprocess: its first evaluation used to hang forever (no time limit)."""
+    folder = tmp_path_factory.mktemp("cliff")
+    argv = ["train", "CliffWalking-v1", "--output", "run", "--timesteps", "400", "--eval-episodes", "1", "--no-progress-bar"]
+    result = _run_cli(*argv, "--hyperparams", "learning_starts=100", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder / "run"
+
+
+def test_cliff_walking_gets_the_presets_time_limit(cliff: Path) -> None:
+    assert json.loads((cliff / "run.json").read_text())["env_wrapper"] == [
+        {"gymnasium.wrappers.TimeLimit": {"max_episode_steps": 200}}
+    ]
+    with np.load(cliff / "eval" / "evaluations.npz") as data:
+        assert len(data["timesteps"]) == 10 and (data["ep_lengths"] <= 200).all()
+    monitor = (cliff / "monitor" / "0.monitor.csv").read_text().splitlines()[2:]
+    assert monitor and all(int(row.split(",")[1]) <= 200 for row in monitor)  # the Monitor sees the limit
+
+
+def test_enjoy_and_evaluate_a_toy_text_env(cliff: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # enjoy used to pass predict's array to the env: TypeError: unhashable type: 'numpy.ndarray'
+    assert main(["enjoy", str(cliff), "--gif", str(tmp_path / "cliff.gif")]) == 0
+    out = capsys.readouterr().out
+    assert "episode 1: return" in out and (tmp_path / "cliff.gif").read_bytes()[:3] == b"GIF"
+    frames = int(re.search(r"recorded (\d+) frames", out).group(1))  # type: ignore[union-attr]
+    assert 13 <= frames <= 200  # ends at the goal or at the preset's time limit
+    assert main(["evaluate", str(cliff / "model.zip"), "--episodes", "2", "--json"]) == 0
+    assert all(length <= 200 for length in json.loads(capsys.readouterr().out)["lengths"])
+
+
+def _taxi_rows_are_masked(returns: list[float], lengths: list[int]) -> bool:
+    # Taxi pays -1 a step, +20 for a delivery (which ends the episode) and -10 for an illegal pick-up or
+    # drop-off: without illegal actions, return + length is 0 (no delivery) or 21
+    return all(round(r + n) in (0, 21) for r, n in zip(returns, lengths, strict=True))
+
+
+def test_taxi_is_masked_in_training_and_evaluation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "taxi"
+    argv = ["train", "Taxi-v4", "--output", str(output), "--timesteps", "1200", "--eval-episodes", "1", "--no-progress-bar"]
+    assert main([*argv, "--hyperparams", "learning_starts=100"]) == 0
+    assert json.loads((output / "run.json").read_text())["env_wrapper"] == "deep_sarsa.masking.ToyTextActionMasker"
+    rows = [row.split(",") for row in (output / "monitor" / "0.monitor.csv").read_text().splitlines()[2:]]
+    assert len(rows) >= 5  # ε is near 1 here: unmasked, illegal actions would be taken in every episode
+    assert _taxi_rows_are_masked([float(r[0]) for r in rows], [int(r[1]) for r in rows])
+    with np.load(output / "eval" / "evaluations.npz") as data:
+        assert _taxi_rows_are_masked(list(data["results"].ravel()), list(data["ep_lengths"].ravel()))
+    capsys.readouterr()
+    assert main(["evaluate", str(output), "--episodes", "3", "--stochastic", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert _taxi_rows_are_masked(summary["returns"], summary["lengths"])
 
 
 def test_evaluate_json(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
