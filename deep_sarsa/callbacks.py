@@ -2,62 +2,152 @@
 
 import pathlib
 import signal
+import threading
+import warnings
 from types import FrameType
 from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback
 
+#: The signals that :class:`SaveOnInterrupt` turns into a clean stop: Ctrl-C, and what SLURM,
+#: Kubernetes and ``docker stop`` send
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
+
 
 class SaveOnInterrupt(BaseCallback):
     """
-    Turn Ctrl-C (SIGINT) during ``learn()`` into a clean stop that saves a checkpoint.
+    Checkpoints for long runs: a clean stop with a checkpoint on Ctrl-C (SIGINT) or SIGTERM, and
+    optionally an exact checkpoint every ``save_freq`` env steps.
 
-    While training runs, the first Ctrl-C does not raise ``KeyboardInterrupt`` in the middle of an
+    **Signals.** While training runs, the first SIGINT or SIGTERM does not raise in the middle of an
     update: it asks the model to stop at the next rollout boundary
-    (:meth:`deep_sarsa.DeepSARSA.request_stop`); ``learn()`` then returns normally and this callback
-    saves a checkpoint into ``save_path`` with :func:`deep_sarsa.checkpoint.save_checkpoint`: the
-    model, its replay buffer, the envs and the random generators, from which
-    :func:`deep_sarsa.checkpoint.resume` goes on exactly. A second Ctrl-C interrupts at once, as
-    usual. The previous SIGINT handler is restored when training ends. Nothing is saved when
-    training ends without an interrupt (use SB3's ``CheckpointCallback`` for periodic saves).
+    (:meth:`deep_sarsa.DeepSARSA.request_stop`); ``learn()`` then returns normally (``interrupted``
+    is True, ``signal`` says which one) and this callback writes a checkpoint into ``save_path``
+    with :func:`deep_sarsa.checkpoint.save_checkpoint`, from which
+    :func:`deep_sarsa.checkpoint.resume` goes on exactly. A second signal outside a checkpoint's
+    writing acts at once, as it would without this callback (SIGINT: ``KeyboardInterrupt``; SIGTERM:
+    the previous handler, by default the end of the process, with nothing more saved). A second
+    signal that arrives while a checkpoint is being written waits until the new checkpoint is
+    complete and swapped in, then acts the same way. The previous handlers are put back when
+    training ends.
 
-    Signal handlers can only be installed from the main thread.
+    **Periodic checkpoints.** With ``save_freq=N``, a checkpoint of everything (model, replay
+    buffer, envs, every random generator) is written at the first rollout boundary at or after
+    each multiple of N env steps (``num_timesteps``, all envs together), and when training ends.
+    Training goes on; the run is the same, bit for bit, as the run without the callback. After a
+    SIGKILL at any moment, ``resume(save_path)`` goes on from the newest complete one. The
+    newest ``keep`` checkpoints are kept (:func:`deep_sarsa.checkpoint.save_checkpoint`).
+
+    Signal handlers can only be installed from the main thread: elsewhere the callback warns and
+    writes the periodic checkpoints only. ``SubprocVecEnv`` is refused when training starts (its
+    envs live in other processes and cannot be saved).
 
     :param save_path: the checkpoint folder
-    :param verbose: 1 to print where the checkpoint went
+    :param save_freq: write a checkpoint every ``save_freq`` env steps (0: only on a signal)
+    :param keep: how many of the newest checkpoints to keep in ``save_path`` (at least 1)
+    :param verbose: 1 to print where each checkpoint went
     """
 
-    def __init__(self, save_path: str | pathlib.Path, verbose: int = 0) -> None:
-        super().__init__(verbose)
+    def __init__(self, save_path: str | pathlib.Path, save_freq: int = 0, keep: int = 1, verbose: int = 0) -> None:
+        if not isinstance(save_path, (str, pathlib.PurePath)) or str(save_path) == "":
+            raise ValueError(f"save_path must be a folder (a str or a pathlib.Path), got {save_path!r}")
+        super().__init__(_count("verbose", verbose, 0))
         self.save_path = pathlib.Path(save_path)
+        self.save_freq = _count("save_freq", save_freq, 0)
+        self.keep = _count("keep", keep, 1)
+        #: whether training was stopped by a signal
         self.interrupted = False
-        self._previous_handler: Any = None
+        #: the signal that stopped training (``signal.SIGINT`` or ``signal.SIGTERM``), else None
+        self.signal: int | None = None
+        #: the newest checkpoint this callback wrote (a generation folder inside ``save_path``)
+        self.last_checkpoint: pathlib.Path | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._saving = False
+        self._deferred: int | None = None
+        self._saved_at = -1  # the step of the newest checkpoint, or where training started (the periodic schedule)
+        self._written_at: int | None = None  # the step of the newest checkpoint this callback wrote
 
     def _on_training_start(self) -> None:
+        from deep_sarsa.checkpoint import check_saveable_env
+
+        check_saveable_env(self.model.get_env(), "SaveOnInterrupt")
         self.interrupted = False
-        self._previous_handler = signal.signal(signal.SIGINT, self._handle)
+        self.signal = None
+        self._deferred = None
+        self._saved_at = self.model.num_timesteps
+        self._written_at = None
+        if threading.current_thread() is not threading.main_thread():
+            warnings.warn(
+                "SaveOnInterrupt: learn() runs outside the main thread, where signal handlers cannot be installed: "
+                "Ctrl-C and SIGTERM are not turned into a checkpoint (the periodic checkpoints are written)",
+                stacklevel=2,
+            )
+            return
+        for signum in SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, self._handle)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: a handler not set from Python
+        self._previous_handlers = {}
+
+    def _act_on(self, signum: int) -> None:
+        """A second signal: what it would have done without this callback."""
+        self._restore_handlers()
+        signal.raise_signal(signum)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if not getattr(self.model, "_learning", False):
-            # learn() ended with an error before _on_training_end could put the previous handler
-            # back: do it now, and let that handler have this Ctrl-C
-            signal.signal(signal.SIGINT, self._previous_handler)
-            signal.raise_signal(signal.SIGINT)
+            # learn() ended with an error before _on_training_end could put the previous handlers
+            # back: do it now, and let the previous handler have this signal
+            self._act_on(signum)
             return
-        self.interrupted = True
-        self.model.request_stop()  # type: ignore[attr-defined]
-        # A second Ctrl-C goes to the previous handler (KeyboardInterrupt by default)
-        signal.signal(signal.SIGINT, self._previous_handler)
+        if not self.interrupted:
+            self.interrupted = True
+            self.signal = signum
+            self.model.request_stop()  # type: ignore[attr-defined]
+        elif self._saving:
+            self._deferred = signum  # acted on once the checkpoint is complete
+        else:
+            self._act_on(signum)
+
+    def _save(self) -> None:
+        from deep_sarsa.checkpoint import latest_checkpoint, save_checkpoint
+
+        self._saving = True
+        try:
+            save_checkpoint(self.model, self.save_path, keep=self.keep)  # type: ignore[arg-type]
+        finally:
+            self._saving = False
+        self._saved_at = self._written_at = self.model.num_timesteps
+        self.last_checkpoint = latest_checkpoint(self.save_path)
+        if self.verbose >= 1:
+            print(f"Checkpoint at step {self._saved_at}: {self.last_checkpoint}")
+        if self._deferred is not None:
+            signum, self._deferred = self._deferred, None
+            self._act_on(signum)
+
+    def _on_rollout_start(self) -> None:
+        # A rollout boundary: the previous rollout is stored and trained on, nothing of the next one has happened
+        if self.save_freq and self.model.num_timesteps // self.save_freq > self._saved_at // self.save_freq:
+            self._save()
 
     def _on_step(self) -> bool:
         return True
 
     def _on_training_end(self) -> None:
-        from deep_sarsa.checkpoint import save_checkpoint
-
-        signal.signal(signal.SIGINT, self._previous_handler)
-        if not self.interrupted:
-            return
-        save_checkpoint(self.model, self.save_path)  # type: ignore[arg-type]
-        if self.verbose >= 1:
-            print(f"Interrupted at step {self.num_timesteps}: checkpoint saved in {self.save_path}")
+        try:
+            if (self.interrupted or self.save_freq) and self.model.num_timesteps != self._written_at:
+                self._save()
+        finally:
+            self._restore_handlers()
+        if self.interrupted and self.verbose >= 1:
+            name = signal.Signals(self.signal).name if self.signal is not None else "a signal"
+            print(f"Interrupted by {name} at step {self.model.num_timesteps}: checkpoint in {self.save_path}")

@@ -1,55 +1,122 @@
 """
-Checkpoints that resume training exactly where it stopped.
+Checkpoints that resume training exactly where it stopped, written so that no crash can break them.
 
-SB3's ``save`` keeps the networks, the optimizer and the counters, and ``save_replay_buffer``
-the transitions, but three things a run depends on are not in either file: the state of the
-random number generators (NumPy's, PyTorch's, Python's, the action space's), the state of the
-envs (mid-episode, with their own generators), and where the stop happened (SB3's callbacks stop
-in the middle of a rollout, dropping the step in which they stop). A checkpoint saves all of it,
-taken at a rollout boundary (:meth:`deep_sarsa.DeepSARSA.request_stop`), so that::
+**What a checkpoint holds.** SB3's ``save`` keeps the networks, the optimizer and the counters,
+and ``save_replay_buffer`` the transitions, but three things a run depends on are in neither
+file: the state of the random number generators (NumPy's, PyTorch's, Python's, the action
+space's), the state of the envs (mid-episode, with their own generators, ``VecNormalize``'s
+running statistics, the position of each ``Monitor`` log), and where the stop happened (SB3's
+callbacks stop in the middle of a rollout, dropping the step in which they stop). A checkpoint
+saves all of it, taken at a rollout boundary (:meth:`deep_sarsa.DeepSARSA.request_stop`, or
+:class:`deep_sarsa.callbacks.SaveOnInterrupt`'s periodic checkpoints), so that::
 
     model.learn(N)
 
 and::
 
-    model.learn(N, callback=...)  # stopped (e.g. by Ctrl-C with SaveOnInterrupt) and checkpointed
+    model.learn(N, callback=SaveOnInterrupt("checkpoint/", save_freq=10_000))  # killed at any moment
     # ... later, in a fresh process:
     resume("checkpoint/")          # learns the remaining steps
 
-give the same parameters bit for bit on the CPU (tests/test_resume.py).
+give the same parameters bit for bit on the CPU (tests/test_resume.py, tests/test_checkpoint.py).
 
-Resuming envs mid-episode needs their pickled state, and unpickling runs code: every file of a
-checkpoint is signed with the user's secret key (:mod:`deep_sarsa.signing`), and
-:func:`load_checkpoint` unpickles ``state.pkl`` only when its signature is valid (checked before
-anything is unpickled), so that a checkpoint written on this machine resumes without ceremony
-and one from elsewhere is refused unless ``trusted=True``. ``model.zip`` is checked first
-(:func:`deep_sarsa.files.check_model_safely`: a broken or unsafe model fails before
-``state.pkl`` is touched); an unsigned ``model.zip`` or ``replay_buffer.pkl`` is loaded safely
-(allowlist), a signed one as SB3 loads it.
+**Layout: generations, swapped in whole.** A checkpoint folder holds one subfolder per checkpoint
+(a *generation*), ``gen-00000007-step-12000/``: the 8-digit sequence number counts the
+checkpoints written into the folder (the newest has the highest), the step is
+``num_timesteps``. A generation holds ``model.zip``, ``replay_buffer.pkl``, ``state.pkl`` (the
+envs and generators), ``vecnormalize.pkl`` (SB3's ``VecNormalize.save``, one per
+``VecNormalize``) and ``manifest.json``, signed by ``manifest.json.sig``. :func:`save_checkpoint`:
 
-The envs are saved by pickling the VecEnv, which works for ``DummyVecEnv`` (and ``VecNormalize``
-over it) with picklable envs; ``SubprocVecEnv`` keeps its envs in other processes and is refused.
+1. takes an exclusive lock on ``FOLDER/.lock`` (one writer at a time; a writer's leftovers are
+   then known to be stale: unfinished ``.tmp-*`` folders of killed writers are removed);
+2. writes every file into a new hidden sibling ``FOLDER/.tmp-gen-...``, each fsync'd, then the
+   manifest (the step and each file's size and SHA-256) and its signature, then fsyncs the folder;
+3. renames it to ``gen-...`` (one ``rename``: atomic) and fsyncs ``FOLDER``: this is the swap;
+4. only then removes the generations beyond the newest ``keep`` (each renamed to ``.old-*``
+   first, so that a half-deleted one never looks like a checkpoint).
+
+At every instant, therefore, ``FOLDER`` holds the previous complete checkpoint, or the new
+complete one (with the previous one until step 4): a SIGKILL, a full disk or a second Ctrl-C
+leaves at worst a ``.tmp-*`` folder that loading ignores and the next save removes. An error
+while writing (full disk) removes the unfinished folder and raises ``OSError`` saying why and
+which checkpoint is still intact.
+
+**Loading** (:func:`load_checkpoint`) takes the newest generation and checks, before anything
+is unpickled: that the manifest's signature is valid (else ``UnsafeFileError``, unless
+``trusted=True``), then every file against the manifest's size and SHA-256, on the bytes that
+are then loaded. A missing, truncated or mixed file is a :class:`CheckpointError` naming the
+file; where an older complete generation exists, loading falls back to it with a warning that
+says which one and why. (A folder of the older layout, the files directly in it with a ``.sig``
+beside each, still loads.)
+
+**Trust.** Resuming envs mid-episode needs their pickled state, and unpickling runs code: the
+manifest is signed with the user's secret key (:mod:`deep_sarsa.signing`), and covers every
+file by its hash, so a checkpoint written on this machine resumes without ceremony and one from
+elsewhere is refused unless ``trusted=True``; a tampered manifest or file is never trusted.
+
+**Envs.** The VecEnv is pickled with its wrappers, except what cannot or must not be pickled:
+``VecNormalize`` goes to its own ``vecnormalize.pkl`` through SB3's ``VecNormalize.save`` (with
+its per-env discounted returns, which SB3's file leaves out) and is loaded back with
+``VecNormalize.load`` over the restored envs; each ``Monitor`` log file (``make_vec_env(...,
+monitor_dir=...)``) is saved as its path and length, and reopened for appending on resume, cut
+back to that length first (the rows of episodes after the checkpoint are played again by the
+resumed run), so the log has every episode once; the finite check that ``learn()`` puts under
+``VecNormalize`` is left out. ``DummyVecEnv``, ``VecFrameStack``, masked envs (sb3-contrib's
+``ActionMasker``) and Dict observations work; ``SubprocVecEnv`` keeps its envs in other
+processes and is refused (:func:`check_saveable_env`).
 """
 
+import contextlib
+import csv
+import hashlib
+import io
+import json
 import os
 import pathlib
+import pickle
 import random
+import re
+import shutil
+import uuid
 import warnings
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import cloudpickle
 import numpy as np
 import torch as th
-from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.monitor import ResultsWriter
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.files import check_model_safely
+from deep_sarsa.finite import RawFiniteCheck
 from deep_sarsa.safe_pickle import TRUST_HINT, UnsafeFileError, one_line
-from deep_sarsa.signing import key_path, sign, signature_path, verify
+from deep_sarsa.signing import key_path, sign, signature_path, signing_key, verify
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 MODEL_FILE = "model.zip"
 BUFFER_FILE = "replay_buffer.pkl"
 STATE_FILE = "state.pkl"
+MANIFEST_FILE = "manifest.json"
+VEC_NORMALIZE_FILE = "vecnormalize.pkl"
+#: ``manifest.json``'s ``format``
+FORMAT = "deep-sarsa checkpoint"
+VERSION = 2
+LOCK_FILE = ".lock"
+_TEMPORARY = ".tmp-"
+_OLD = ".old-"
+_GENERATION = re.compile(r"gen-(\d{8,})-step-(\d+)")
+_STATE_KEYS = {"env", "numpy", "torch", "cuda", "python", "action_space"}
+_CHUNK = 1 << 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is incomplete, truncated or mixed: the message names the file."""
 
 
 def _innermost(env: VecEnv) -> VecEnv:
@@ -58,64 +125,339 @@ def _innermost(env: VecEnv) -> VecEnv:
     return env
 
 
-def save_checkpoint(model: DeepSARSA, folder: str | pathlib.Path) -> pathlib.Path:
+def check_saveable_env(env: VecEnv | None, caller: str = "save_checkpoint") -> None:
     """
-    Save the model, its replay buffer, its envs and every random generator into ``folder``.
+    Refuse, when training starts rather than when saving, envs that a checkpoint cannot hold.
 
-    Call it when ``learn()`` has returned (or from a callback's ``_on_training_end``), not in the
-    middle of a rollout.
-
-    :param model: the model
-    :param folder: where to write ``model.zip``, ``replay_buffer.pkl`` and ``state.pkl``
-    :return: the folder
+    :param env: the model's env
+    :param caller: who asks, for the message
+    :raises ValueError: no env, or a ``SubprocVecEnv``
     """
-    env = model.get_env()
     if env is None:
-        raise ValueError("save_checkpoint needs the model's env: the model has none (set it with model.set_env)")
+        raise ValueError(f"{caller} needs the model's env: the model has none (set it with model.set_env)")
     if isinstance(_innermost(env), SubprocVecEnv):
         raise ValueError(
-            "save_checkpoint pickles the envs to resume them mid-episode, which SubprocVecEnv does not allow "
-            "(its envs live in other processes): use DummyVecEnv, or save with model.save + save_replay_buffer"
+            f"{caller}: a checkpoint saves the envs to resume them mid-episode, which SubprocVecEnv does not allow "
+            "(its envs live in other processes): use DummyVecEnv (make_vec_env(..., vec_env_cls=DummyVecEnv)), "
+            "or save with model.save + save_replay_buffer (not an exact resume)"
         )
+
+
+# -- the envs, pickled without open files ---------------------------------------------------------
+
+
+class _EnvPickler(cloudpickle.Pickler):
+    """cloudpickle, with VecNormalize, Monitor logs and the raw finite check saved as described in the module docstring."""
+
+    def __init__(self, file: IO[bytes], folder: pathlib.Path) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.folder = folder
+        self.extra_files: list[str] = []
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, RawFiniteCheck):
+            return ("skip", obj.venv)
+        if isinstance(obj, VecNormalize):
+            name = VEC_NORMALIZE_FILE if not self.extra_files else f"vecnormalize-{len(self.extra_files)}.pkl"
+            obj.save(str(self.folder / name))
+            self.extra_files.append(name)
+            return ("vec_normalize", name, obj.venv, np.array(obj.returns, copy=True))
+        if isinstance(obj, SubprocVecEnv):
+            check_saveable_env(obj)
+        if isinstance(obj, ResultsWriter):
+            handle = obj.file_handler
+            if handle.closed:
+                return ("closed_monitor_file", handle.name)
+            handle.flush()
+            os.fsync(handle.fileno())
+            return ("monitor_file", handle.name, list(obj.logger.fieldnames), os.fstat(handle.fileno()).st_size)
+        return None
+
+
+class _EnvUnpickler(pickle.Unpickler):
+    def __init__(self, file: IO[bytes], files: dict[str, bytes], name: str) -> None:
+        super().__init__(file)
+        self.files = files
+        self.name = name
+        #: Monitor logs to reopen once everything else has loaded: (writer, path, fieldnames, length)
+        self.monitor_files: list[tuple[ResultsWriter, str, list[str], int]] = []
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind = pid[0] if isinstance(pid, tuple) and pid else None
+        if kind == "skip":
+            return pid[1]
+        if kind == "vec_normalize":
+            _, name, venv, returns = pid
+            if name not in self.files:
+                raise CheckpointError(f"{self.name}: it needs {name}, which the manifest does not list")
+            vec_normalize = pickle.loads(self.files[name])  # what VecNormalize.load does, on the checked bytes
+            vec_normalize.set_venv(venv)
+            vec_normalize.returns = returns
+            return vec_normalize
+        if kind in ("monitor_file", "closed_monitor_file"):
+            writer = ResultsWriter.__new__(ResultsWriter)
+            writer.file_handler = None  # type: ignore[assignment]
+            writer.logger = None  # type: ignore[assignment]
+            if kind == "monitor_file":
+                self.monitor_files.append((writer, pid[1], pid[2], pid[3]))
+            return writer
+        raise CheckpointError(f"{self.name}: unknown saved object {kind!r}")
+
+
+def _reopen_monitor_files(monitor_files: list[tuple[ResultsWriter, str, list[str], int]]) -> None:
+    """Each Monitor log, cut back to its length at the checkpoint and opened for appending."""
+    for writer, path, fieldnames, length in monitor_files:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = -1
+        if size < length:
+            warnings.warn(
+                f"{path}: the Monitor log is {'missing' if size < 0 else f'{size} bytes'}, shorter than the {length} bytes "
+                "it had at the checkpoint: the episodes from now on are appended to it",
+                stacklevel=4,
+            )
+        elif size > length:  # rows of episodes after the checkpoint: the resumed run plays them again
+            os.truncate(path, length)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        writer.file_handler = open(path, "a", newline="\n")  # noqa: SIM115 - closed by Monitor.close
+        writer.logger = csv.DictWriter(writer.file_handler, fieldnames=fieldnames)
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a platform that cannot open folders
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_and_describe(path: pathlib.Path) -> dict[str, Any]:
+    """fsync a written file; its size and SHA-256 for the manifest."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def list_checkpoints(folder: str | pathlib.Path) -> list[pathlib.Path]:
+    """
+    The complete checkpoints (generation folders) in ``folder``, newest first.
+
+    :param folder: a checkpoint folder
+    :return: the generation folders (none if ``folder`` does not exist)
+    """
     folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state: dict[str, Any] = {
-        "env": env,
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = [(int(match[1]), entry) for entry in entries if (match := _GENERATION.fullmatch(entry.name)) and entry.is_dir()]
+    return [entry for _, entry in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(folder: str | pathlib.Path) -> pathlib.Path | None:
+    """
+    :param folder: a checkpoint folder
+    :return: its newest complete checkpoint (a generation folder), or None
+    """
+    checkpoints = list_checkpoints(folder)
+    return checkpoints[0] if checkpoints else None
+
+
+@contextlib.contextmanager
+def _locked(folder: pathlib.Path) -> Iterator[bool]:
+    """An exclusive lock on the folder (where the platform has ``flock``): yields whether it is held."""
+    if fcntl is None:  # pragma: no cover
+        yield False
+        return
+    descriptor = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _remove(path: pathlib.Path) -> None:
+    """Remove a generation: renamed first, so that a half-removed one never looks like a checkpoint."""
+    doomed = path.with_name(f"{_OLD}{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _remove_leftovers(folder: pathlib.Path, locked: bool) -> None:
+    """Unfinished and half-removed folders of writers that died (with the lock held, every one is a dead writer's)."""
+    for entry in folder.iterdir():
+        if entry.name.startswith(_OLD) or (locked and entry.name.startswith(_TEMPORARY)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _write_generation(model: DeepSARSA, env: VecEnv, folder: pathlib.Path, sequence: int) -> bool:
+    """Every file of a checkpoint into ``folder``, fsync'd, with the manifest; returns whether it is signed."""
+    state = {
         "numpy": np.random.get_state(),
         "torch": th.get_rng_state(),
         "cuda": th.cuda.get_rng_state_all() if th.cuda.is_available() else None,
         "python": random.getstate(),
         "action_space": model.action_space.np_random.bit_generator.state,
     }
-    temporary = folder / f".{STATE_FILE}.{os.getpid()}.tmp"
+    with open(folder / STATE_FILE, "wb") as file:
+        pickler = _EnvPickler(file, folder)
+        try:
+            pickler.dump({"env": env, **state})
+        except (pickle.PicklingError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"save_checkpoint: the envs cannot be saved ({type(error).__name__}: {one_line(error)}): a checkpoint "
+                "pickles the VecEnv and its envs (open files of Monitor logs excepted)"
+            ) from error
+    model.save(folder / MODEL_FILE)
+    model.save_replay_buffer(folder / BUFFER_FILE)
+    names = [MODEL_FILE, BUFFER_FILE, STATE_FILE, *pickler.extra_files]
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sequence": sequence,
+        "num_timesteps": model.num_timesteps,
+        "total_timesteps": model._total_timesteps,
+        "files": {name: _fsync_and_describe(folder / name) for name in names},
+    }
+    with open(folder / MANIFEST_FILE, "w") as file:
+        json.dump(manifest, file, indent=1)
+        file.flush()
+        os.fsync(file.fileno())
     try:
-        with open(temporary, "wb") as file:
-            cloudpickle.dump(state, file)
-        model.save(folder / MODEL_FILE)
-        model.save_replay_buffer(folder / BUFFER_FILE)
-        os.replace(temporary, folder / STATE_FILE)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _sign_all(folder)
+        signing_key()
+    except (OSError, ValueError) as error:
+        warnings.warn(
+            f"the checkpoint is saved but could not be signed with the key {key_path()} ({error}): "
+            "resume it with trusted=True",
+            stacklevel=4,
+        )
+        return False
+    _fsync_and_describe(sign(folder / MANIFEST_FILE))
+    return True
+
+
+def save_checkpoint(model: DeepSARSA, folder: str | pathlib.Path, keep: int = 1) -> pathlib.Path:
+    """
+    Save the model, its replay buffer, its envs and every random generator as a new checkpoint in
+    ``folder``, swapped in whole (module docstring): ``folder`` holds the previous complete
+    checkpoint until the new one is complete.
+
+    Call it when ``learn()`` has returned, or at a rollout boundary (as
+    :class:`deep_sarsa.callbacks.SaveOnInterrupt` does), not in the middle of a rollout.
+
+    :param model: the model
+    :param folder: the checkpoint folder (created if needed)
+    :param keep: how many of the newest checkpoints to keep in ``folder`` (older ones are removed)
+    :return: the folder
+    :raises OSError: the checkpoint could not be written (e.g. the disk is full): the message
+        says why; the previous checkpoint is intact
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a positive integer, got {keep!r}")
+    env = model.get_env()
+    check_saveable_env(env)
+    assert env is not None
+    folder = pathlib.Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file: a checkpoint folder is expected")
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder) as locked:
+        _remove_leftovers(folder, locked)
+        existing = list_checkpoints(folder)
+        sequence = int(_GENERATION.fullmatch(existing[0].name)[1]) + 1 if existing else 1  # type: ignore[index]
+        name = f"gen-{sequence:08d}-step-{model.num_timesteps}"
+        temporary = folder / f"{_TEMPORARY}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            temporary.mkdir()
+            _write_generation(model, env, temporary, sequence)
+            _fsync_dir(temporary)
+            os.rename(temporary, folder / name)
+            _fsync_dir(folder)
+        except BaseException as error:
+            shutil.rmtree(temporary, ignore_errors=True)
+            if isinstance(error, OSError):
+                intact = f"the previous checkpoint {existing[0]} is intact" if existing else "no earlier checkpoint was in it"
+                raise OSError(
+                    error.errno,
+                    f"{folder}: the checkpoint at step {model.num_timesteps} could not be written "
+                    f"({type(error).__name__}: {one_line(error)}); {intact}",
+                ) from error
+            raise
+        for old in existing[keep - 1 :]:
+            try:
+                _remove(old)
+            except OSError as error:
+                warnings.warn(f"{old}: an old checkpoint could not be removed ({error})", stacklevel=2)
     return folder
 
 
-def _sign_all(folder: pathlib.Path) -> None:
-    """Sign the checkpoint's files; a checkpoint that cannot be signed is kept (it resumes with trusted=True)."""
+# -- loading --------------------------------------------------------------------------------------
+
+
+def _read_checked(path: pathlib.Path, entry: Any) -> bytes:
+    """A file's bytes, checked against its manifest entry."""
     try:
-        for name in (MODEL_FILE, BUFFER_FILE, STATE_FILE):
-            sign(folder / name)
-    except (OSError, ValueError) as error:
-        warnings.warn(
-            f"{folder}: the checkpoint is saved but could not be signed with the key {key_path()} ({error}): "
-            "resume it with trusted=True",
-            stacklevel=3,
+        content = path.read_bytes()
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{path}: missing (the manifest lists it): the checkpoint is incomplete") from error
+    _check_entry(path, entry, len(content), hashlib.sha256(content).hexdigest())
+    return content
+
+
+def _check_entry(path: pathlib.Path, entry: Any, size: int, sha256: str) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
+        raise CheckpointError(f"{path}: its manifest entry {entry!r} is not a size and a sha256")
+    if size != entry["size"]:
+        raise CheckpointError(
+            f"{path}: {size} bytes, but the manifest records {entry['size']}: the file is truncated or from another checkpoint"
+        )
+    if sha256 != entry["sha256"]:
+        raise CheckpointError(
+            f"{path}: its SHA-256 is {sha256}, but the manifest records {entry['sha256']}: the file is from another "
+            "checkpoint, or was changed"
         )
 
 
-def _signed_state(path: pathlib.Path, trusted: bool) -> Any:
-    """Unpickle state.pkl: only after its signature is checked, on the bytes that were checked."""
-    content = path.read_bytes()
+def _open_checked(path: pathlib.Path, entry: Any) -> IO[bytes]:
+    """A large file, opened once, checked against its manifest entry, and rewound: what is checked is what is read."""
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{path}: missing (the manifest lists it): the checkpoint is incomplete") from error
+    digest, size = hashlib.sha256(), 0
+    while chunk := file.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    try:
+        _check_entry(path, entry, size, digest.hexdigest())
+    except CheckpointError:
+        file.close()
+        raise
+    file.seek(0)
+    return file
+
+
+def _read_manifest(folder: pathlib.Path, trusted: bool) -> dict[str, Any]:
+    path = folder / MANIFEST_FILE
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{path}: missing: {folder} is not a complete checkpoint") from error
     if not (trusted or verify(path, content)):
         problem = (
             "its signature does not match (the file was changed, or signed with another key)"
@@ -123,54 +465,133 @@ def _signed_state(path: pathlib.Path, trusted: bool) -> Any:
             else "it is not signed"
         )
         raise UnsafeFileError(
-            f"{path}: {problem}: a checkpoint's state.pkl holds the pickled envs, which can run any code, so only "
-            f"checkpoints written with this user's key ({key_path()}) are resumed without asking; {TRUST_HINT}"
+            f"{path}: {problem}: a checkpoint holds the pickled envs, which can run any code, so only checkpoints "
+            f"written with this user's key ({key_path()}) are resumed without asking; {TRUST_HINT}"
         )
     try:
-        state = cloudpickle.loads(content)
-    except Exception as error:  # signed or trusted: its code ran; report what it raised, naming the file
-        raise ValueError(f"{path} is not a readable checkpoint state ({type(error).__name__}: {one_line(error)})") from error
-    if not isinstance(state, dict) or not {"env", "numpy", "torch", "cuda", "python", "action_space"} <= state.keys():
-        raise ValueError(f"{path} is not the state of a checkpoint written by save_checkpoint")
-    return state
-
-
-def load_checkpoint(folder: str | pathlib.Path, device: th.device | str = "auto", trusted: bool = False) -> DeepSARSA:
-    """
-    Load what :func:`save_checkpoint` saved: the model with its replay buffer and envs, every
-    random generator restored, ready to go on with ``learn(..., reset_num_timesteps=False)``.
-
-    :param folder: the checkpoint folder
-    :param device: the device to load the model on
-    :param trusted: unpickle the checkpoint's files even without a valid signature (runs any
-        code they name): only for a checkpoint you trust
-    :return: the model
-    """
-    folder = pathlib.Path(folder)
-    missing = [name for name in (MODEL_FILE, BUFFER_FILE, STATE_FILE) if not (folder / name).exists()]
+        manifest = json.loads(content)
+    except ValueError as error:
+        raise CheckpointError(f"{path} is not a checkpoint manifest (not JSON: {error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint manifest (expected format {FORMAT!r} with 'files')")
+    missing = [name for name in (MODEL_FILE, BUFFER_FILE, STATE_FILE) if name not in manifest["files"]]
     if missing:
-        raise FileNotFoundError(f"{folder} is not a complete checkpoint: {', '.join(missing)} missing")
-    model_trusted = trusted or verify(folder / MODEL_FILE)
-    check_model_safely(folder / MODEL_FILE, DeepSARSA, model_trusted)
-    state = _signed_state(folder / STATE_FILE, trusted)
-    # force_reset=False keeps the envs mid-episode, with the observation the model last saw
-    model = DeepSARSA.load(folder / MODEL_FILE, env=state["env"], device=device, force_reset=False, trusted=model_trusted)
-    model.load_replay_buffer(folder / BUFFER_FILE, trusted=trusted or verify(folder / BUFFER_FILE))
-    # Loading re-seeds every generator with the model's seed: put back where they were
+        raise CheckpointError(f"{path}: the manifest does not list {', '.join(missing)}")
+    return manifest
+
+
+def _restore_generators(model: DeepSARSA, state: dict[str, Any]) -> None:
+    """Loading re-seeds every generator with the model's seed: put them back where they were."""
     np.random.set_state(state["numpy"])
     th.set_rng_state(state["torch"])
     if state["cuda"] is not None and th.cuda.is_available():
         th.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     model.action_space.np_random.bit_generator.state = state["action_space"]
+
+
+def _load_generation(folder: pathlib.Path, device: th.device | str, trusted: bool) -> DeepSARSA:
+    manifest = _read_manifest(folder, trusted)  # from here on every file is checked against it
+    files: dict[str, Any] = manifest["files"]
+    small = {name: _read_checked(folder / name, entry) for name, entry in files.items() if name != BUFFER_FILE}
+    with _open_checked(folder / BUFFER_FILE, files[BUFFER_FILE]) as buffer_file:
+        unpickler = _EnvUnpickler(io.BytesIO(small[STATE_FILE]), small, str(folder / STATE_FILE))
+        try:
+            state = unpickler.load()
+        except CheckpointError:
+            raise
+        except Exception as error:  # checked and trusted: its code ran; report what it raised, naming the file
+            raise ValueError(
+                f"{folder / STATE_FILE} is not a readable checkpoint state ({type(error).__name__}: {one_line(error)})"
+            ) from error
+        if not isinstance(state, dict) or not state.keys() >= _STATE_KEYS:
+            raise ValueError(f"{folder / STATE_FILE} is not the state of a checkpoint written by save_checkpoint")
+        # force_reset=False keeps the envs mid-episode, with the observation the model last saw
+        model = DeepSARSA.load(io.BytesIO(small[MODEL_FILE]), env=state["env"], device=device, force_reset=False, trusted=True)
+        model.load_replay_buffer(buffer_file, trusted=True)  # type: ignore[arg-type]
+    _restore_generators(model, state)
+    _reopen_monitor_files(unpickler.monitor_files)
     return model
+
+
+def _load_flat(folder: pathlib.Path, device: th.device | str, trusted: bool) -> DeepSARSA:
+    """A checkpoint of the older layout: the three files directly in ``folder``, each with its own ``.sig``."""
+    missing = [name for name in (MODEL_FILE, BUFFER_FILE, STATE_FILE) if not (folder / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a complete checkpoint: {', '.join(missing)} missing")
+    model_trusted = trusted or verify(folder / MODEL_FILE)
+    check_model_safely(folder / MODEL_FILE, DeepSARSA, model_trusted)
+    path = folder / STATE_FILE
+    content = path.read_bytes()
+    if not (trusted or verify(path, content)):
+        problem = "its signature does not match" if signature_path(path).exists() else "it is not signed"
+        raise UnsafeFileError(
+            f"{path}: {problem}: a checkpoint's state.pkl holds the pickled envs, which can run any code, so only "
+            f"checkpoints written with this user's key ({key_path()}) are resumed without asking; {TRUST_HINT}"
+        )
+    try:
+        state = cloudpickle.loads(content)
+    except Exception as error:  # signed or trusted: its code ran
+        raise ValueError(f"{path} is not a readable checkpoint state ({type(error).__name__}: {one_line(error)})") from error
+    if not isinstance(state, dict) or not state.keys() >= _STATE_KEYS:
+        raise ValueError(f"{path} is not the state of a checkpoint written by save_checkpoint")
+    model = DeepSARSA.load(folder / MODEL_FILE, env=state["env"], device=device, force_reset=False, trusted=model_trusted)
+    model.load_replay_buffer(folder / BUFFER_FILE, trusted=trusted or verify(folder / BUFFER_FILE))
+    _restore_generators(model, state)
+    return model
+
+
+def load_checkpoint(folder: str | pathlib.Path, device: th.device | str = "auto", trusted: bool = False) -> DeepSARSA:
+    """
+    Load the newest complete checkpoint in ``folder``: the model with its replay buffer and envs,
+    every random generator restored, ready to go on with ``learn(..., reset_num_timesteps=False)``.
+    Every file is checked against the signed manifest first; where the newest checkpoint is
+    incomplete or mixed, the previous complete one is loaded, with a warning.
+
+    :param folder: the checkpoint folder (or one of its ``gen-*`` folders, to load that one)
+    :param device: the device to load the model on
+    :param trusted: load a checkpoint that is not signed with this user's key (runs any code its
+        pickles name): only for a checkpoint you trust
+    :return: the model
+    :raises CheckpointError: no checkpoint in ``folder`` is complete (the message names each bad file)
+    :raises UnsafeFileError: the newest checkpoint is not signed with this user's key
+    """
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such checkpoint folder")
+    if (folder / MANIFEST_FILE).exists():
+        return _load_generation(folder, device, trusted)
+    generations = list_checkpoints(folder)
+    if not generations:
+        if (folder / MODEL_FILE).exists() or (folder / STATE_FILE).exists():
+            return _load_flat(folder, device, trusted)
+        unfinished = sorted(entry.name for entry in folder.iterdir() if entry.name.startswith(_TEMPORARY))
+        raise FileNotFoundError(
+            f"{folder} holds no complete checkpoint"
+            + (f" (only the unfinished {', '.join(unfinished)}, from a save that was interrupted)" if unfinished else "")
+        )
+    failures: list[str] = []
+    for generation in generations:
+        try:
+            model = _load_generation(generation, device, trusted)
+        except CheckpointError as error:
+            failures.append(str(error))
+            continue
+        if failures:
+            warnings.warn(
+                f"{folder}: the newest checkpoint cannot be loaded ({'; '.join(failures)}): loaded the previous complete "
+                f"one instead, {generation.name} (step {model.num_timesteps})",
+                stacklevel=2,
+            )
+        return model
+    raise CheckpointError(f"{folder}: no checkpoint in it can be loaded: {'; '.join(failures)}")
 
 
 def resume(
     folder: str | pathlib.Path, device: th.device | str = "auto", trusted: bool = False, **learn_kwargs: Any
 ) -> DeepSARSA:
     """
-    Load a checkpoint and learn the steps that were left of the interrupted ``learn()`` call.
+    Load the newest complete checkpoint and learn the steps that were left of the interrupted ``learn()`` call.
 
     :param folder: the checkpoint folder
     :param device: the device to load the model on

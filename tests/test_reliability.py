@@ -18,7 +18,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.callbacks import SaveOnInterrupt
-from deep_sarsa.checkpoint import load_checkpoint, resume
+from deep_sarsa.checkpoint import list_checkpoints, load_checkpoint, resume
 from deep_sarsa.finite import NonFiniteError, check_finite
 
 FAST = dict(learning_starts=20, buffer_size=500, batch_size=16, train_freq=4, target_update_interval=50, seed=0)
@@ -236,8 +236,11 @@ def test_ctrl_c_with_save_on_interrupt_stops_cleanly_and_saves(tmp_path: Path, p
     # The rollout in progress (train_freq=4) is finished and trained on, then learn() returns
     assert model.num_timesteps == 140
     assert signal.getsignal(signal.SIGINT) is handler
-    files = ["model.zip", "replay_buffer.pkl", "state.pkl"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files + [f"{name}.sig" for name in files])  # signed
+    # One complete checkpoint (a generation folder) with its signed manifest
+    (generation,) = list_checkpoints(tmp_path)
+    assert generation.name == "gen-00000001-step-140"
+    files = ["manifest.json", "manifest.json.sig", "model.zip", "replay_buffer.pkl", "state.pkl"]
+    assert sorted(p.name for p in generation.iterdir()) == files
     loaded = load_checkpoint(tmp_path)
     assert loaded.replay_buffer is not None and loaded.replay_buffer.size() == 140
     resumed = resume(tmp_path)
@@ -259,7 +262,7 @@ def test_ctrl_c_after_a_failed_learn_with_save_on_interrupt_is_a_keyboard_interr
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)  # the signal is handled at the next bytecode; never reached
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert not (tmp_path / "model.zip").exists()
+    assert not list_checkpoints(tmp_path)
 
 
 def test_ctrl_c_without_the_callback_leaves_a_usable_model(tmp_path: Path, python_sigint: None) -> None:

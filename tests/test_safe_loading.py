@@ -5,6 +5,7 @@ malformed files are a ValueError naming the file; everything the package saves l
 """
 
 import base64
+import hashlib
 import json
 import pickle
 import re
@@ -28,7 +29,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.utils import LinearSchedule
 
 from deep_sarsa import DeepSARSA, checkpoint, files
-from deep_sarsa.checkpoint import BUFFER_FILE, MODEL_FILE, STATE_FILE, load_checkpoint, resume, save_checkpoint
+from deep_sarsa.checkpoint import BUFFER_FILE, MANIFEST_FILE, MODEL_FILE, STATE_FILE, load_checkpoint, resume, save_checkpoint
 from deep_sarsa.cli import main
 from deep_sarsa.masking import toy_text_action_mask
 from deep_sarsa.safe_pickle import MODEL_GLOBALS, UnsafeFileError, restricted_loads
@@ -318,47 +319,68 @@ def _checkpoint(folder: Path) -> Path:
     return save_checkpoint(model, folder)
 
 
+def _generation(folder: Path) -> Path:
+    newest = checkpoint.latest_checkpoint(folder)
+    assert newest is not None
+    return newest
+
+
+def _set_manifest_entry(generation: Path, name: str) -> None:
+    """Make the manifest agree with the file as it is now (the manifest's old signature no longer matches)."""
+    manifest = json.loads((generation / MANIFEST_FILE).read_text())
+    content = (generation / name).read_bytes()
+    manifest["files"][name] = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    (generation / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
 def test_a_checkpoint_written_here_is_signed_and_resumes_without_arguments(tmp_path: Path) -> None:
     folder = _checkpoint(tmp_path / "checkpoint")
-    for name in (MODEL_FILE, BUFFER_FILE, STATE_FILE):
-        assert verify(folder / name) and signature_path(folder / name).read_text().startswith("hmac-sha256:")
+    manifest = _generation(folder) / MANIFEST_FILE
+    assert verify(manifest) and signature_path(manifest).read_text().startswith("hmac-sha256:")
+    assert set(json.loads(manifest.read_text())["files"]) == {MODEL_FILE, BUFFER_FILE, STATE_FILE}
     assert key_path().stat().st_mode & 0o777 == 0o600
     assert resume(folder).num_timesteps >= 100
 
 
-@pytest.mark.parametrize("signature", ["missing", "bad", "another key"])
+@pytest.mark.parametrize("signature", ["manifest unchanged", "missing", "bad", "another key"])
 def test_an_evil_state_pkl_is_refused_before_it_runs(
     signature: str, tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = _checkpoint(tmp_path / "checkpoint")
-    (folder / STATE_FILE).write_bytes(cloudpickle.dumps(Payload(marker)))
-    if signature == "missing":
-        signature_path(folder / STATE_FILE).unlink()
-        message = "it is not signed"
-    elif signature == "bad":
-        message = "its signature does not match"  # the signature of the file it replaced
+    generation = _generation(folder)
+    (generation / STATE_FILE).write_bytes(cloudpickle.dumps(Payload(marker)))
+    if signature == "manifest unchanged":  # the manifest's hash of state.pkl gives it away
+        error, message = checkpoint.CheckpointError, "state.pkl: .* but the manifest records"
     else:
-        sign(folder / STATE_FILE)  # signed by the stranger's key, not this user's
-        monkeypatch.setenv(CONFIG_DIR_VARIABLE, str(tmp_path / "this user"))
-        message = "(it is not signed|its signature does not match)"
-    with pytest.raises(UnsafeFileError, match=rf"{re.escape(str(folder / STATE_FILE))}: {message}.*trusted=True"):
+        _set_manifest_entry(generation, STATE_FILE)
+        error = UnsafeFileError
+        if signature == "missing":
+            signature_path(generation / MANIFEST_FILE).unlink()
+            message = "manifest.json: it is not signed"
+        elif signature == "bad":
+            message = "manifest.json: its signature does not match"  # the signature of the manifest it replaced
+        else:
+            sign(generation / MANIFEST_FILE)  # signed by the stranger's key, not this user's
+            monkeypatch.setenv(CONFIG_DIR_VARIABLE, str(tmp_path / "this user"))
+            message = "manifest.json: (it is not signed|its signature does not match)"
+    with pytest.raises(error, match=message):
         load_checkpoint(folder)
-    with pytest.raises(UnsafeFileError):
+    with pytest.raises(error):
         resume(folder)
     assert not marker.exists()
 
 
-def test_a_checkpoint_model_is_checked_before_state_pkl_is_touched(tmp_path: Path, marker: Path) -> None:
+def test_a_changed_checkpoint_model_is_refused_before_state_pkl_is_touched(tmp_path: Path, marker: Path) -> None:
     folder = _checkpoint(tmp_path / "checkpoint")
-    (folder / STATE_FILE).write_bytes(cloudpickle.dumps(Payload(marker)))
-    sign(folder / STATE_FILE)  # even a (wrongly) signed payload must wait for model.zip
-    data = data_of(folder / MODEL_FILE)
+    generation = _generation(folder)
+    (generation / STATE_FILE).write_bytes(cloudpickle.dumps(Payload(marker)))
+    data = data_of(generation / MODEL_FILE)
     data["lr_schedule"] = serialized(Payload(marker))
-    rewrite(folder / MODEL_FILE, tmp_path / "evil.zip", data).replace(folder / MODEL_FILE)  # unsigned now
-    with pytest.raises(UnsafeFileError, match=r"model.zip: entry 'lr_schedule'"):
+    rewrite(generation / MODEL_FILE, tmp_path / "evil.zip", data).replace(generation / MODEL_FILE)
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.zip: .*manifest records"):
         load_checkpoint(folder)
-    (folder / MODEL_FILE).write_text("broken")
-    with pytest.raises(ValueError, match=r"model.zip is not a model saved by SB3"):
+    (generation / MODEL_FILE).write_text("broken")
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.zip: .*manifest records"):
         load_checkpoint(folder)
     assert not marker.exists()
 
@@ -366,19 +388,20 @@ def test_a_checkpoint_model_is_checked_before_state_pkl_is_touched(tmp_path: Pat
 def test_a_checkpoint_from_elsewhere_resumes_when_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = _checkpoint(tmp_path / "checkpoint")
     monkeypatch.setenv(CONFIG_DIR_VARIABLE, str(tmp_path / "another machine"))
-    with pytest.raises(UnsafeFileError, match=r"state\.pkl: its signature does not match"):
+    with pytest.raises(UnsafeFileError, match=r"manifest\.json: its signature does not match"):
         resume(folder)
     assert not key_path().exists()  # checking a signature creates no key
     assert resume(folder, trusted=True).num_timesteps >= 100
 
 
 def test_a_checkpoint_that_cannot_be_signed_is_kept_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def read_only(path: Path) -> Path:
-        raise PermissionError(f"cannot write {path}.sig")
+    def no_key() -> bytes:
+        raise PermissionError(f"cannot create {key_path()}")
 
-    monkeypatch.setattr(checkpoint, "sign", read_only)
+    monkeypatch.setattr(checkpoint, "signing_key", no_key)
     with pytest.warns(UserWarning, match="could not be signed.*resume it with trusted=True"):
         folder = _checkpoint(tmp_path / "checkpoint")
+    assert not signature_path(_generation(folder) / MANIFEST_FILE).exists()
     with pytest.raises(UnsafeFileError, match="it is not signed"):
         load_checkpoint(folder)
     assert load_checkpoint(folder, trusted=True).num_timesteps == 64
