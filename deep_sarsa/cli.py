@@ -32,6 +32,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
 from deep_sarsa.callbacks import SaveOnInterrupt
+from deep_sarsa.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.files import atomic_path
 from deep_sarsa.finite import NonFiniteError
@@ -283,6 +284,9 @@ def _model_file(path: pathlib.Path) -> pathlib.Path:
     for name in (BEST_MODEL, FINAL_MODEL):
         if (path / name).is_file():
             return path / name
+    generation = latest_checkpoint(path)  # a checkpoint folder: its newest checkpoint's model
+    if generation is not None and (generation / FINAL_MODEL).is_file():
+        return generation / FINAL_MODEL
     raise UsageError(
         f"{path} is a folder without {BEST_MODEL} or {FINAL_MODEL}: pass a run folder of `deep-sarsa train`, "
         "a checkpoint folder or a model file"
@@ -366,19 +370,20 @@ def _eval_callback(model: DeepSARSA, eval_env: VecEnv, output: pathlib.Path, eve
     return callback
 
 
-def _saver(path: pathlib.Path, save_freq: int) -> SaveOnInterrupt:  # TEMPORARY until issue14-ckpt
-    if "save_freq" in inspect.signature(SaveOnInterrupt).parameters:
-        return SaveOnInterrupt(path, save_freq=save_freq)  # type: ignore[call-arg]
-    return SaveOnInterrupt(path)
+def _learn(
+    model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, progress_bar: bool
+) -> tuple[int, EvalCallback, float, float]:
+    """
+    Learn up to the run's planned steps with evaluation and exact checkpoints.
 
-
-def _learn(model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, progress_bar: bool) -> tuple[int, EvalCallback, float]:
-    """Learn up to the run's planned steps with evaluation and exact checkpoints; the exit code, the evaluator, the time."""
+    :return: the exit code, the evaluation callback, the seconds and the env steps per second
+    """
     eval_env = _vec_env(run["env_id"], run.get("env_wrapper"), 1, run["seed"] + 10_000)
     n_envs = int(run["n_envs"])
     evaluation = _eval_callback(model, eval_env, output, max(run["eval_freq"] // n_envs, 1), run["eval_episodes"])
-    saver = _saver(output / CHECKPOINT_FOLDER, run["checkpoint_freq"])  # TEMPORARY until issue14-ckpt
+    saver = SaveOnInterrupt(output / CHECKPOINT_FOLDER, save_freq=run["checkpoint_freq"])
     remaining = max(int(run["timesteps"]) - model.num_timesteps, 0)
+    first_step = model.num_timesteps
     start = time.perf_counter()
     model.learn(
         remaining,
@@ -387,21 +392,23 @@ def _learn(model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, progress
         reset_num_timesteps=model.num_timesteps == 0,
     )
     seconds = time.perf_counter() - start
+    rate = (model.num_timesteps - first_step) / max(seconds, 1e-9)
     model.get_env().close()  # type: ignore[union-attr]  # flushes and closes the monitor logs
     eval_env.close()
     if saver.interrupted:
-        received = getattr(saver, "signal", None)
-        signal_name = signal.Signals(received).name if received is not None else "SIGINT"
-        where = getattr(saver, "last_checkpoint", None) or output / CHECKPOINT_FOLDER
+        signal_name = signal.Signals(saver.signal).name if saver.signal is not None else "SIGINT"
+        where = saver.last_checkpoint or output / CHECKPOINT_FOLDER
         errors.print(
             f"[yellow]{signal_name} at step {model.num_timesteps} of {run['timesteps']}:[/] checkpoint saved in "
             f"{escape(str(where))}; continue with: deep-sarsa train --resume {escape(str(output))}"
         )
-        return INTERRUPT_EXIT_CODES.get(signal_name, 130), evaluation, seconds
-    return 0, evaluation, seconds
+        return INTERRUPT_EXIT_CODES.get(signal_name, 130), evaluation, seconds, rate
+    return 0, evaluation, seconds, rate
 
 
-def _finish(model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, evaluation: EvalCallback, seconds: float) -> None:
+def _finish(
+    model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, evaluation: EvalCallback, seconds: float, rate: float
+) -> None:
     """Save the final model, evaluate it, draw the curve, print the summary."""
     model.save(output / FINAL_MODEL)
     eval_env = _vec_env(run["env_id"], run.get("env_wrapper"), 1, run["seed"] + 20_000)
@@ -420,7 +427,7 @@ def _finish(model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, evaluat
     rows = [
         ("next_action", str(run["hyperparameters"].get("next_action", "sampled"))),
         ("timesteps", str(model.num_timesteps)),
-        ("wall-clock", f"{seconds:.0f} s ({model.num_timesteps / max(seconds, 1e-9):.0f} steps/s)"),
+        ("wall-clock", f"{seconds:.0f} s ({rate:.0f} steps/s)"),
         ("final evaluation", f"{np.mean(returns):.2f} ± {np.std(returns):.2f} over {len(returns)} episodes"),
         ("best evaluation", best),
         ("final model", str(output / FINAL_MODEL)),
@@ -490,16 +497,14 @@ def train(args: argparse.Namespace) -> int:
         "hyperparameters": json_value(hyperparameters),
     }
     _write_json(output / RUN_FILE, run)
-    code, evaluation, seconds = _learn(model, run, output, not args.no_progress_bar)
+    code, evaluation, seconds, rate = _learn(model, run, output, not args.no_progress_bar)
     if code == 0:
-        _finish(model, run, output, evaluation, seconds)
+        _finish(model, run, output, evaluation, seconds, rate)
     return code
 
 
 def resume_run(args: argparse.Namespace) -> int:
     """Continue a run from its checkpoint to its planned step count, in the same folder."""
-    from deep_sarsa.checkpoint import load_checkpoint
-
     changed = [
         option
         for option, value in (
@@ -527,15 +532,15 @@ def resume_run(args: argparse.Namespace) -> int:
         model = load_checkpoint(checkpoint, device="auto", trusted=args.trusted)
     except UnsafeFileError as error:
         raise UsageError(str(error).replace("with trusted=True", "with --trusted")) from error
-    except FileNotFoundError as error:
+    except (FileNotFoundError, CheckpointError) as error:
         raise UsageError(str(error)) from error
     if model.num_timesteps >= int(run["timesteps"]) and (output / FINAL_MODEL).exists():
         console.print(f"{output}: the run is complete ({model.num_timesteps} of {run['timesteps']} steps)")
         return 0
     console.print(f"resuming {output} at step {model.num_timesteps} of {run['timesteps']}")
-    code, evaluation, seconds = _learn(model, run, output, not args.no_progress_bar)
+    code, evaluation, seconds, rate = _learn(model, run, output, not args.no_progress_bar)
     if code == 0:
-        _finish(model, run, output, evaluation, seconds)
+        _finish(model, run, output, evaluation, seconds, rate)
     return code
 
 

@@ -6,8 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import numpy as np
 import pytest
 
 from deep_sarsa import DeepSARSA
+from deep_sarsa.checkpoint import latest_checkpoint, load_checkpoint
 from deep_sarsa.cli import build_parser, json_value, main
 
 TINY = [
@@ -311,3 +315,123 @@ def test_console_script_is_installed() -> None:
 def test_a_non_literal_dict_value_names_its_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "CartPole-v1", "--hyperparams", "replay_buffer_kwargs=dict(x=foo)"]) == 2
     assert "replay_buffer_kwargs must be a literal 'dict(key=value, ...)'" in capsys.readouterr().err
+
+
+def test_periodic_checkpoints_are_exact_and_know_their_env(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    generation = latest_checkpoint(run / "checkpoint")
+    assert generation is not None
+    assert {"model.zip", "replay_buffer.pkl", "state.pkl", "manifest.json"} <= {f.name for f in generation.iterdir()}
+    model = load_checkpoint(run / "checkpoint")  # model, replay buffer, envs and generators: resumable
+    assert model.num_timesteps == 600 and model.replay_buffer.size() == 600  # type: ignore[union-attr]
+    # a checkpoint folder, or its model file, finds the env in the run's run.json (no --env)
+    for path in (run / "checkpoint", generation / "model.zip"):
+        assert main(["evaluate", str(path), "--episodes", "1", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["env_id"] == "CartPole-v1"
+
+
+#: the run the interrupt tests stop and resume: 10 evaluations (every 200 steps) and 5 checkpoints planned
+LONGER = ["train", "CartPole-v1", "--output", "run", "--timesteps", "2000", *TINY[2:]]
+
+
+def _interrupted(
+    folder: Path, signum: int, ready: Callable[[Path], bool], delay: float = 0.0
+) -> subprocess.CompletedProcess[str]:
+    """Start `deep-sarsa train`, send ``signum`` ``delay`` s after ``ready(run folder)`` says it is training; its result."""
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "deep-sarsa"), *LONGER],
+        cwd=folder,
+        env=_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready(folder / "run"):
+            assert process.poll() is None and time.monotonic() < deadline, "training ended or never started"
+            time.sleep(0.02)
+        time.sleep(delay)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def _monitor_rows(run: Path) -> list[list[str]]:
+    return [row.split(",") for row in (run / "monitor" / "0.monitor.csv").read_text().splitlines()[2:]]
+
+
+def _has_episodes(run: Path) -> bool:
+    monitor = run / "monitor" / "0.monitor.csv"
+    return monitor.exists() and len(monitor.read_text().splitlines()) >= 3  # a finished episode: training runs
+
+
+def _has_evaluations(run: Path) -> bool:
+    return (run / "eval" / "evaluations.npz").exists()
+
+
+@pytest.mark.parametrize("signum, code, ready", [(signal.SIGINT, 130, _has_episodes), (signal.SIGTERM, 143, _has_evaluations)])
+def test_a_signal_writes_a_checkpoint_and_resume_finishes_the_run(
+    tmp_path: Path, signum: int, code: int, ready: Callable[[Path], bool]
+) -> None:
+    result = _interrupted(tmp_path, signum, ready)
+    name = signal.Signals(signum).name
+    assert result.returncode == code, result.stderr
+    match = re.search(
+        rf"{name} at step (\d+) of 2000: checkpoint saved in (\S+); continue with: deep-sarsa train --resume run",
+        result.stderr,
+    )
+    assert match, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "model.zip").exists()
+    step, checkpoint = int(match.group(1)), tmp_path / match.group(2)
+    assert (
+        0 < step < 3000 and checkpoint.parent == tmp_path / "run" / "checkpoint" and checkpoint.name.endswith(f"step-{step}")
+    )
+    before = _monitor_rows(tmp_path / "run")
+    assert before and sum(int(length) for _, length, _ in before) <= step
+
+    resumed = _run_cli("train", "--resume", "run", "--no-progress-bar", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming run at step {step} of 2000" in resumed.stdout
+    after = _check_completed(tmp_path / "run")
+    assert after[: len(before)] == before and len(after) > len(before)  # one log: both parts' episodes
+
+
+def _check_completed(run: Path) -> list[list[str]]:
+    """The run has its planned steps, every step once in its monitor log, its evaluations on schedule; the log."""
+    assert DeepSARSA.load(run / "model.zip").num_timesteps == 2000  # the planned steps
+    rows = _monitor_rows(run)
+    assert 2000 - 500 < sum(int(length) for _, length, _ in rows) <= 2000  # every step once (the last episode runs on)
+    with np.load(run / "eval" / "evaluations.npz") as data:
+        assert list(data["timesteps"]) == list(range(200, 2001, 200))  # the evaluation log goes on, on schedule
+    return rows
+
+
+def _has_a_checkpoint(run: Path) -> bool:
+    return (run / "checkpoint").is_dir() and latest_checkpoint(run / "checkpoint") is not None
+
+
+def test_after_sigkill_resume_goes_on_from_the_newest_periodic_checkpoint(tmp_path: Path) -> None:
+    # killed at a random moment after the first periodic checkpoint (step 400): evaluations, episodes
+    # and maybe a checkpoint after it are lost or redone, never doubled
+    delay = float(np.random.default_rng().uniform(0, 1.5))
+    result = _interrupted(tmp_path, signal.SIGKILL, _has_a_checkpoint, delay)
+    assert result.returncode == -signal.SIGKILL, f"delay {delay:.2f} s: {result.stderr}"
+    resumed = _run_cli("train", "--resume", "run", "--no-progress-bar", cwd=tmp_path)
+    assert resumed.returncode == 0, f"delay {delay:.2f} s: {resumed.stderr}"
+    assert re.search(r"resuming run at step (400|800|1200|1600) of 2000", resumed.stdout), resumed.stdout
+    _check_completed(tmp_path / "run")
+
+
+def test_resume_refuses_new_settings_and_a_folder_without_a_run(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--resume", str(run), "--timesteps", "900"]) == 2
+    assert "--resume continues a run with the settings in its run.json: drop --timesteps" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no run.json there" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--no-progress-bar"]) == 0  # already complete: nothing to do
+    assert "the run is complete (600 of 600 steps)" in capsys.readouterr().out
+    assert main(["train"]) == 2
+    assert "train needs an ENV_ID, or --resume RUN_DIR" in capsys.readouterr().err
