@@ -342,37 +342,82 @@ def _write_json(path: pathlib.Path, content: dict[str, Any]) -> None:
 # --- train ------------------------------------------------------------------------------------
 
 
-def _eval_callback(model: DeepSARSA, eval_env: VecEnv, output: pathlib.Path, every: int, episodes: int) -> EvalCallback:
+EVALUATIONS = pathlib.Path("eval") / "evaluations.npz"
+
+
+class _RunEvaluations(EvalCallback):
+    """
+    What the run's periodic evaluations add to SB3's ``EvalCallback``: each evaluation's episodes
+    are seeded by the step (``seed + num_timesteps``), so that a resumed run evaluates as the
+    uninterrupted one would; the log is written atomically (a kill never leaves a torn
+    ``evaluations.npz``), and a resumed run takes over the evaluations logged up to its step.
+    :class:`_MaskedEvaluations` puts it before sb3-contrib's ``MaskableEvalCallback``.
+    """
+
+    def setup_run(self, model: DeepSARSA, output: pathlib.Path, seed: int) -> None:
+        """
+        :param model: the model, at step 0 or resumed
+        :param output: the run folder
+        :param seed: the evaluation seed
+        """
+        self.run_log, self.eval_seed = output / EVALUATIONS, seed
+        if model.num_timesteps > 0 and self.run_log.exists():
+            try:
+                with np.load(self.run_log) as data:
+                    kept = data["timesteps"] <= model.num_timesteps  # later ones (after a kill) are evaluated again
+                    self.evaluations_timesteps = [int(t) for t in data["timesteps"][kept]]
+                    self.evaluations_results = [list(map(float, r)) for r in data["results"][kept]]
+                    self.evaluations_length = [list(map(int, n)) for n in data["ep_lengths"][kept]]
+            except (OSError, ValueError, KeyError) as error:
+                raise UsageError(f"{self.run_log}: not a readable evaluation log: {error}") from error
+            if self.evaluations_results:
+                self.best_mean_reward = float(max(np.mean(r) for r in self.evaluations_results))
+        # on_step counts calls from 0 in every learn(): start where the run is, to keep the same schedule
+        self.n_calls = model.num_timesteps // model.n_envs
+
+    def _on_step(self) -> bool:
+        due = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
+        if due:
+            self.eval_env.seed(self.eval_seed + self.num_timesteps)
+        continue_training = super()._on_step()
+        if due:
+            with atomic_path(self.run_log) as temporary, open(temporary, "wb") as file:
+                np.savez(
+                    file,
+                    timesteps=self.evaluations_timesteps,
+                    results=self.evaluations_results,
+                    ep_lengths=self.evaluations_length,
+                )
+        return continue_training
+
+
+class _MaskedEvaluations(_RunEvaluations, MaskableEvalCallback):
+    """The run's evaluations with the env's action masks."""
+
+
+def _eval_callback(
+    model: DeepSARSA, eval_env: VecEnv, output: pathlib.Path, every: int, episodes: int, seed: int
+) -> _RunEvaluations:
     """
     Periodic evaluation every ``every`` calls (env steps / n_envs), keeping the best model in
-    ``output/best_model.zip``, masked when the env has masks. On a resumed run the evaluations
-    already logged (up to the model's step) are taken over, so that the log and the best model go on.
+    ``output/best_model.zip``, masked when the env has masks; on a resumed run, going on with its log.
     """
     kwargs: dict[str, Any] = dict(
         eval_freq=every,
         n_eval_episodes=episodes,
-        log_path=str(output / "eval"),
+        # SB3 writes its log in place: it goes to a scratch file, and _RunEvaluations writes the real one
+        log_path=str(output / "eval" / ".scratch"),
         best_model_save_path=str(output),
         verbose=0,
     )
-    callback = MaskableEvalCallback(eval_env, **kwargs) if _masked(model, eval_env) else EvalCallback(eval_env, **kwargs)
-    log = output / "eval" / "evaluations.npz"
-    if model.num_timesteps > 0 and log.exists():
-        with np.load(log) as data:
-            kept = data["timesteps"] <= model.num_timesteps  # later ones (after a kill) are evaluated again
-            callback.evaluations_timesteps = [int(t) for t in data["timesteps"][kept]]
-            callback.evaluations_results = [list(map(float, r)) for r in data["results"][kept]]
-            callback.evaluations_length = [list(map(int, n)) for n in data["ep_lengths"][kept]]
-        if callback.evaluations_results:
-            callback.best_mean_reward = float(max(np.mean(r) for r in callback.evaluations_results))
-    # on_step counts calls from 0 in every learn(): start where the run is, to keep the same schedule
-    callback.n_calls = model.num_timesteps // model.n_envs
+    callback = _MaskedEvaluations(eval_env, **kwargs) if _masked(model, eval_env) else _RunEvaluations(eval_env, **kwargs)
+    callback.setup_run(model, output, seed)
     return callback
 
 
 def _learn(
     model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, progress_bar: bool
-) -> tuple[int, EvalCallback, float, float]:
+) -> tuple[int, _RunEvaluations, float, float]:
     """
     Learn up to the run's planned steps with evaluation and exact checkpoints.
 
@@ -380,7 +425,8 @@ def _learn(
     """
     eval_env = _vec_env(run["env_id"], run.get("env_wrapper"), 1, run["seed"] + 10_000)
     n_envs = int(run["n_envs"])
-    evaluation = _eval_callback(model, eval_env, output, max(run["eval_freq"] // n_envs, 1), run["eval_episodes"])
+    every = max(run["eval_freq"] // n_envs, 1)
+    evaluation = _eval_callback(model, eval_env, output, every, run["eval_episodes"], run["seed"] + 10_000)
     saver = SaveOnInterrupt(output / CHECKPOINT_FOLDER, save_freq=run["checkpoint_freq"])
     remaining = max(int(run["timesteps"]) - model.num_timesteps, 0)
     first_step = model.num_timesteps
@@ -407,10 +453,11 @@ def _learn(
 
 
 def _finish(
-    model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, evaluation: EvalCallback, seconds: float, rate: float
+    model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, evaluation: _RunEvaluations, seconds: float, rate: float
 ) -> None:
     """Save the final model, evaluate it, draw the curve, print the summary."""
     model.save(output / FINAL_MODEL)
+    (output / "eval" / ".scratch.npz").unlink(missing_ok=True)
     eval_env = _vec_env(run["env_id"], run.get("env_wrapper"), 1, run["seed"] + 20_000)
     returns, _ = _evaluate(model, eval_env, run["eval_episodes"])
     eval_env.close()
@@ -534,8 +581,13 @@ def resume_run(args: argparse.Namespace) -> int:
         raise UsageError(str(error).replace("with trusted=True", "with --trusted")) from error
     except (FileNotFoundError, CheckpointError) as error:
         raise UsageError(str(error)) from error
-    if model.num_timesteps >= int(run["timesteps"]) and (output / FINAL_MODEL).exists():
-        console.print(f"{output}: the run is complete ({model.num_timesteps} of {run['timesteps']} steps)")
+    if model.num_timesteps >= int(run["timesteps"]):
+        if (output / FINAL_MODEL).exists():
+            console.print(f"{output}: the run is complete ({model.num_timesteps} of {run['timesteps']} steps)")
+            return 0
+        # stopped after its last checkpoint, before the final model was written: finish it
+        evaluation = _eval_callback(model, _vec_env(run["env_id"], run.get("env_wrapper"), 1, 0), output, 1, 1, 0)
+        _finish(model, run, output, evaluation, 0.0, 0.0)
         return 0
     console.print(f"resuming {output} at step {model.num_timesteps} of {run['timesteps']}")
     code, evaluation, seconds, rate = _learn(model, run, output, not args.no_progress_bar)
@@ -698,7 +750,7 @@ def _plot(run_folders: Sequence[pathlib.Path], output: pathlib.Path) -> pathlib.
         return None
     figure, axis = plt.subplots(figsize=(6, 4))
     for folder in run_folders:
-        evaluations = folder / "eval" / "evaluations.npz"
+        evaluations = folder / EVALUATIONS
         if not evaluations.exists():
             raise UsageError(f"{folder}: no eval/evaluations.npz (is it a folder written by `deep-sarsa train`?)")
         with np.load(evaluations) as data:

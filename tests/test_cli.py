@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch as th
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.checkpoint import latest_checkpoint, load_checkpoint
@@ -373,7 +374,7 @@ def _has_evaluations(run: Path) -> bool:
 
 @pytest.mark.parametrize("signum, code, ready", [(signal.SIGINT, 130, _has_episodes), (signal.SIGTERM, 143, _has_evaluations)])
 def test_a_signal_writes_a_checkpoint_and_resume_finishes_the_run(
-    tmp_path: Path, signum: int, code: int, ready: Callable[[Path], bool]
+    tmp_path: Path, reference: Path, signum: int, code: int, ready: Callable[[Path], bool]
 ) -> None:
     result = _interrupted(tmp_path, signum, ready)
     name = signal.Signals(signum).name
@@ -394,17 +395,34 @@ def test_a_signal_writes_a_checkpoint_and_resume_finishes_the_run(
     resumed = _run_cli("train", "--resume", "run", "--no-progress-bar", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming run at step {step} of 2000" in resumed.stdout
-    after = _check_completed(tmp_path / "run")
+    after = _check_completed(tmp_path / "run", reference)
     assert after[: len(before)] == before and len(after) > len(before)  # one log: both parts' episodes
 
 
-def _check_completed(run: Path) -> list[list[str]]:
-    """The run has its planned steps, every step once in its monitor log, its evaluations on schedule; the log."""
-    assert DeepSARSA.load(run / "model.zip").num_timesteps == 2000  # the planned steps
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run of the interrupt tests, uninterrupted."""
+    folder = tmp_path_factory.mktemp("reference")
+    result = _run_cli(*LONGER, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder / "run"
+
+
+def _check_completed(run: Path, reference: Path) -> list[list[str]]:
+    """
+    The run has its planned steps, the uninterrupted run's parameters, its evaluations on schedule
+    and with the same results, every step once in its monitor log; the log.
+    """
+    model, expected = DeepSARSA.load(run / "model.zip"), DeepSARSA.load(reference / "model.zip")
+    assert model.num_timesteps == 2000  # the planned steps
+    for name, tensor in expected.policy.state_dict().items():
+        assert th.equal(model.policy.state_dict()[name], tensor), name  # bit for bit
     rows = _monitor_rows(run)
     assert 2000 - 500 < sum(int(length) for _, length, _ in rows) <= 2000  # every step once (the last episode runs on)
-    with np.load(run / "eval" / "evaluations.npz") as data:
+    assert [row[:2] for row in rows] == [row[:2] for row in _monitor_rows(reference)]  # the same episodes
+    with np.load(run / "eval" / "evaluations.npz") as data, np.load(reference / "eval" / "evaluations.npz") as uninterrupted:
         assert list(data["timesteps"]) == list(range(200, 2001, 200))  # the evaluation log goes on, on schedule
+        assert np.array_equal(data["results"], uninterrupted["results"])
     return rows
 
 
@@ -412,7 +430,7 @@ def _has_a_checkpoint(run: Path) -> bool:
     return (run / "checkpoint").is_dir() and latest_checkpoint(run / "checkpoint") is not None
 
 
-def test_after_sigkill_resume_goes_on_from_the_newest_periodic_checkpoint(tmp_path: Path) -> None:
+def test_after_sigkill_resume_goes_on_from_the_newest_periodic_checkpoint(tmp_path: Path, reference: Path) -> None:
     # killed at a random moment after the first periodic checkpoint (step 400): evaluations, episodes
     # and maybe a checkpoint after it are lost or redone, never doubled
     delay = float(np.random.default_rng().uniform(0, 1.5))
@@ -421,7 +439,7 @@ def test_after_sigkill_resume_goes_on_from_the_newest_periodic_checkpoint(tmp_pa
     resumed = _run_cli("train", "--resume", "run", "--no-progress-bar", cwd=tmp_path)
     assert resumed.returncode == 0, f"delay {delay:.2f} s: {resumed.stderr}"
     assert re.search(r"resuming run at step (400|800|1200|1600) of 2000", resumed.stdout), resumed.stdout
-    _check_completed(tmp_path / "run")
+    _check_completed(tmp_path / "run", reference)
 
 
 def test_resume_refuses_new_settings_and_a_folder_without_a_run(
