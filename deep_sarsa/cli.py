@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -196,24 +196,39 @@ def _import_wrapper(path: str, where: str, trusted: bool) -> Callable[..., gym.E
     return wrapper
 
 
+class EnvSettings(NamedTuple):
+    """How a run makes its env: a preset's (or run.json's) env id, ``env_kwargs`` and ``env_wrapper``."""
+
+    #: a Gymnasium env id, or ``module:EnvId``
+    env_id: str
+    #: rl-zoo's ``env_wrapper`` value (None: no wrapper)
+    env_wrapper: Any = None
+    #: rl-zoo's ``env_kwargs``: keywords of ``gym.make`` (None: none)
+    env_kwargs: dict[str, Any] | None = None
+
+
 def make_wrapped_env(
-    env_id: str, env_wrapper: Any = None, render_mode: str | None = None, where: str = "preset", trusted: bool = True
+    settings: EnvSettings, render_mode: str | None = None, where: str = "preset", trusted: bool = True
 ) -> gym.Env:
     """
-    ``gym.make(env_id)`` with the wrappers of a preset's (or run.json's) ``env_wrapper``, innermost first.
+    ``gym.make(env_id, **env_kwargs)`` with the wrappers of ``env_wrapper``, innermost first.
 
-    :param env_id: a Gymnasium env id, or ``module:EnvId``
-    :param env_wrapper: rl-zoo's ``env_wrapper`` value (None: no wrapper)
+    :param settings: the env id, ``env_kwargs`` and ``env_wrapper``
     :param render_mode: Gymnasium's ``render_mode``
-    :param where: where ``env_wrapper`` comes from, for error messages
+    :param where: where the settings come from, for error messages
     :param trusted: import wrappers from any module (else only from :data:`SAFE_WRAPPER_MODULES`)
     :return: the environment
     """
-    wrappers = [(_import_wrapper(path, where, trusted), kwargs) for path, kwargs in _wrapper_entries(env_wrapper, where)]
+    env_id, env_kwargs = settings.env_id, dict(settings.env_kwargs or {})
+    wrappers = [(_import_wrapper(path, where, trusted), kw) for path, kw in _wrapper_entries(settings.env_wrapper, where)]
+    if render_mode is not None:
+        env_kwargs["render_mode"] = render_mode
     try:
-        env = gym.make(env_id, render_mode=render_mode) if render_mode else make_env(env_id)
+        env = gym.make(env_id, **env_kwargs) if env_kwargs else make_env(env_id)
     except (gym.error.Error, ModuleNotFoundError) as error:
         raise UsageError(f"env={env_id!r} cannot be made: {error}") from error
+    except TypeError as error:
+        raise UsageError(f"{where}: env_kwargs {env_kwargs} do not fit {env_id}: {error}") from error
     for wrapper, kwargs in wrappers:
         try:
             env = wrapper(env, **kwargs)
@@ -222,10 +237,17 @@ def make_wrapped_env(
     return env
 
 
-def _vec_env(env_id: str, env_wrapper: Any, n_envs: int, seed: int, monitor_dir: pathlib.Path | None = None) -> VecEnv:
+def _vec_env(
+    settings: EnvSettings,
+    n_envs: int,
+    seed: int,
+    monitor_dir: pathlib.Path | None = None,
+    where: str = "preset",
+    trusted: bool = True,
+) -> VecEnv:
     """The training or evaluation VecEnv: the wrapped env under SB3's Monitor (which then sees time limits)."""
     return make_vec_env(
-        lambda: make_wrapped_env(env_id, env_wrapper),
+        lambda: make_wrapped_env(settings, where=where, trusted=trusted),
         n_envs=n_envs,
         seed=seed,
         monitor_dir=None if monitor_dir is None else str(monitor_dir),
@@ -293,18 +315,22 @@ def _model_file(path: pathlib.Path) -> pathlib.Path:
     )
 
 
-def _env_of(model_path: pathlib.Path, env_id: str | None) -> tuple[str, Any, str]:
-    """The env id and env_wrapper to evaluate a model on: --env, else the run's run.json; and where they come from."""
+def _run_env(run: dict[str, Any]) -> EnvSettings:
+    return EnvSettings(run["env_id"], run.get("env_wrapper"), run.get("env_kwargs"))
+
+
+def _env_of(model_path: pathlib.Path, env_id: str | None) -> tuple[EnvSettings, str]:
+    """The env to evaluate a model on: --env (with its preset's settings), else the run's run.json; and where it comes from."""
     if env_id is not None:
-        presets = load_presets()
-        return env_id, presets[env_id].env_wrapper if env_id in presets else None, "preset"
+        entry = load_presets().get(env_id)
+        return EnvSettings(env_id, entry.env_wrapper, entry.env_kwargs) if entry else EnvSettings(env_id), "preset"
     run_file = _find_run_file(model_path)
     if run_file is None:
         raise UsageError(
             f"{model_path}: no {RUN_FILE} beside the model or in the folders above it to say its env: pass --env ENV_ID"
         )
     run = _read_run(run_file)
-    return run["env_id"], run.get("env_wrapper"), str(run_file)
+    return _run_env(run), str(run_file)
 
 
 def _load(model_path: pathlib.Path, trusted: bool, **kwargs: Any) -> DeepSARSA:
@@ -423,7 +449,7 @@ def _learn(
 
     :return: the exit code, the evaluation callback, the seconds and the env steps per second
     """
-    eval_env = _vec_env(run["env_id"], run.get("env_wrapper"), 1, run["seed"] + 10_000)
+    eval_env = _vec_env(_run_env(run), 1, run["seed"] + 10_000)
     n_envs = int(run["n_envs"])
     every = max(run["eval_freq"] // n_envs, 1)
     evaluation = _eval_callback(model, eval_env, output, every, run["eval_episodes"], run["seed"] + 10_000)
@@ -458,7 +484,7 @@ def _finish(
     """Save the final model, evaluate it, draw the curve, print the summary."""
     model.save(output / FINAL_MODEL)
     (output / "eval" / ".scratch.npz").unlink(missing_ok=True)
-    eval_env = _vec_env(run["env_id"], run.get("env_wrapper"), 1, run["seed"] + 20_000)
+    eval_env = _vec_env(_run_env(run), 1, run["seed"] + 20_000)
     returns, _ = _evaluate(model, eval_env, run["eval_episodes"])
     eval_env.close()
     curve = _plot([output], output / "learning_curve.png")
@@ -503,8 +529,8 @@ def train(args: argparse.Namespace) -> int:
     entry = presets.get(args.env_id) if args.preset else None
     if args.preset and entry is None:
         errors.print(f"[yellow]no preset for {escape(args.env_id)}: DQN's defaults[/]")
-    env_wrapper = entry.env_wrapper if entry is not None else None
-    make_wrapped_env(args.env_id, env_wrapper).close()  # fails early, with the env's name
+    settings = EnvSettings(args.env_id, entry.env_wrapper, entry.env_kwargs) if entry else EnvSettings(args.env_id)
+    make_wrapped_env(settings).close()  # fails early, with the env's name
     hyperparameters: dict[str, Any] = dict(entry.hyperparameters) if entry is not None else {}
     timesteps = args.timesteps or (entry.n_timesteps if entry is not None else 50_000)
     hyperparameters.update(parse_hyperparameters(args.hyperparams))
@@ -515,13 +541,13 @@ def train(args: argparse.Namespace) -> int:
     next_action = hyperparameters.get("next_action", "sampled")
     output = args.output or pathlib.Path("runs") / f"{args.env_id.replace(':', '_')}-{next_action}-seed{seed}"
     try:  # the keywords are checked before anything in the run folder is touched
-        DeepSARSA("MlpPolicy", make_wrapped_env(args.env_id, env_wrapper), _init_setup_model=False, **hyperparameters)
+        DeepSARSA("MlpPolicy", make_wrapped_env(settings), _init_setup_model=False, **hyperparameters)
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
     _clear_run_folder(output, args.force)
     output.mkdir(parents=True, exist_ok=True)
 
-    env = _vec_env(args.env_id, env_wrapper, n_envs, seed, monitor_dir=output / "monitor")
+    env = _vec_env(settings, n_envs, seed, monitor_dir=output / "monitor")
     try:
         model = DeepSARSA(
             "MlpPolicy",
@@ -534,7 +560,8 @@ def train(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from error
     run = {
         "env_id": args.env_id,
-        "env_wrapper": json_value(env_wrapper),
+        "env_kwargs": json_value(settings.env_kwargs or {}),
+        "env_wrapper": json_value(settings.env_wrapper),
         "timesteps": timesteps,
         "seed": seed,
         "n_envs": n_envs,
@@ -586,7 +613,7 @@ def resume_run(args: argparse.Namespace) -> int:
             console.print(f"{output}: the run is complete ({model.num_timesteps} of {run['timesteps']} steps)")
             return 0
         # stopped after its last checkpoint, before the final model was written: finish it
-        evaluation = _eval_callback(model, _vec_env(run["env_id"], run.get("env_wrapper"), 1, 0), output, 1, 1, 0)
+        evaluation = _eval_callback(model, _vec_env(_run_env(run), 1, 0), output, 1, 1, 0)
         _finish(model, run, output, evaluation, 0.0, 0.0)
         return 0
     console.print(f"resuming {output} at step {model.num_timesteps} of {run['timesteps']}")
@@ -601,10 +628,9 @@ def evaluate(args: argparse.Namespace) -> int:
     model_path = _model_file(args.model)
     # buffer_size=1: evaluating needs no replay buffer (the saved one may be large)
     model = _load(model_path, args.trusted, buffer_size=1)
-    env_id, env_wrapper, where = _env_of(model_path, args.env)
-    eval_env = make_vec_env(
-        lambda: make_wrapped_env(env_id, env_wrapper, where=where, trusted=args.trusted), n_envs=1, seed=args.seed
-    )
+    settings, where = _env_of(model_path, args.env)
+    env_id = settings.env_id
+    eval_env = _vec_env(settings, 1, args.seed, where=where, trusted=args.trusted)
     returns, lengths = _evaluate(model, eval_env, args.episodes, deterministic=not args.stochastic)
     summary = {
         "model": str(model_path),
@@ -704,9 +730,9 @@ def enjoy(args: argparse.Namespace) -> int:
         _require_video_extra()
     model_path = _model_file(args.model)
     model = _load(model_path, args.trusted, buffer_size=1)
-    env_id, env_wrapper, where = _env_of(model_path, args.env)
+    settings, where = _env_of(model_path, args.env)
     render_mode = "rgb_array" if output is not None else "human"
-    env = make_wrapped_env(env_id, env_wrapper, render_mode=render_mode, where=where, trusted=args.trusted)
+    env = make_wrapped_env(settings, render_mode=render_mode, where=where, trusted=args.trusted)
     frames: list[np.ndarray] = []
     video = _VideoWriter(args.record, int(env.metadata.get("render_fps") or 30)) if args.record else None
     complete = False

@@ -148,9 +148,7 @@ def cliff(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cliff_walking_gets_the_presets_time_limit(cliff: Path) -> None:
-    assert json.loads((cliff / "run.json").read_text())["env_wrapper"] == [
-        {"gymnasium.wrappers.TimeLimit": {"max_episode_steps": 200}}
-    ]
+    assert json.loads((cliff / "run.json").read_text())["env_kwargs"] == {"max_episode_steps": 200}
     with np.load(cliff / "eval" / "evaluations.npz") as data:
         assert len(data["timesteps"]) == 10 and (data["ep_lengths"] <= 200).all()
     monitor = (cliff / "monitor" / "0.monitor.csv").read_text().splitlines()[2:]
@@ -166,6 +164,10 @@ def test_enjoy_and_evaluate_a_toy_text_env(cliff: Path, tmp_path: Path, capsys: 
     assert 13 <= frames <= 200  # ends at the goal or at the preset's time limit
     assert main(["evaluate", str(cliff / "model.zip"), "--episodes", "2", "--json"]) == 0
     assert all(length <= 200 for length in json.loads(capsys.readouterr().out)["lengths"])
+    # elsewhere, without its run.json: --env brings the preset's time limit too
+    shutil.copy(cliff / "model.zip", tmp_path / "model.zip")
+    assert main(["evaluate", str(tmp_path / "model.zip"), "--env", "CliffWalking-v1", "--episodes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lengths"][0] <= 200
 
 
 def _taxi_rows_are_masked(returns: list[float], lengths: list[int]) -> bool:
@@ -188,6 +190,11 @@ def test_taxi_is_masked_in_training_and_evaluation(tmp_path: Path, capsys: pytes
     assert main(["evaluate", str(output), "--episodes", "3", "--stochastic", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert _taxi_rows_are_masked(summary["returns"], summary["lengths"])
+    assert main(["enjoy", str(output), "--gif", str(tmp_path / "taxi.gif")]) == 0  # masked, and an int action
+    out = capsys.readouterr().out
+    episode_return = float(re.search(r"episode 1: return (-?[\d.]+)", out).group(1))  # type: ignore[union-attr]
+    frames = int(re.search(r"recorded (\d+) frames", out).group(1))  # type: ignore[union-attr]
+    assert _taxi_rows_are_masked([episode_return], [frames])  # one frame per step
 
 
 def test_evaluate_json(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
