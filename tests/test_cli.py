@@ -20,7 +20,7 @@ import torch as th
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.checkpoint import latest_checkpoint, load_checkpoint
-from deep_sarsa.cli import build_parser, json_value, main
+from deep_sarsa.cli import json_value, main
 
 TINY = [
     "--timesteps",
@@ -96,12 +96,15 @@ def test_a_folder_without_a_model_is_a_clear_error(tmp_path: Path, capsys: pytes
     assert f"{tmp_path} is a folder without best_model.zip or model.zip" in capsys.readouterr().err
 
 
-def test_help_is_plain_text() -> None:
-    parser = build_parser()
-    texts = [parser.format_help()]
-    texts += [action.choices[name].format_help() for action in parser._subparsers._group_actions for name in action.choices]  # type: ignore[union-attr]
-    assert len(texts) == 5
+def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    texts = []
+    for command in ([], ["train"], ["evaluate"], ["enjoy"], ["plot"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+        texts.append(capsys.readouterr().out)
     for text in texts:
+        assert text.startswith("usage: deep-sarsa")
         assert "``" not in text and ":param" not in text and ":func:" not in text and ":class:" not in text
     assert "deep-sarsa train --resume" in texts[0] and "Exit codes" in texts[0]
 
@@ -460,3 +463,44 @@ def test_resume_refuses_new_settings_and_a_folder_without_a_run(
     assert "the run is complete (600 of 600 steps)" in capsys.readouterr().out
     assert main(["train"]) == 2
     assert "train needs an ENV_ID, or --resume RUN_DIR" in capsys.readouterr().err
+
+
+def test_a_run_json_naming_a_foreign_wrapper_module_is_refused_unless_trusted(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # importing a module runs its code: a run folder from elsewhere must not get to choose one
+    marker = tmp_path / "imported"
+    (tmp_path / "planted_wrappers.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\nfrom gymnasium import Wrapper as Plain\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = tmp_path / "foreign"
+    shutil.copytree(run, folder)
+    settings = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**settings, "env_wrapper": "planted_wrappers.Plain"}))
+    assert main(["evaluate", str(folder), "--episodes", "1", "--json"]) == 2
+    assert "env_wrapper 'planted_wrappers.Plain' is outside gymnasium, stable_baselines3" in capsys.readouterr().err
+    assert not marker.exists()
+    assert main(["evaluate", str(folder), "--episodes", "1", "--json", "--trusted"]) == 0
+    assert marker.read_text() == "ran"
+
+
+@pytest.mark.parametrize(
+    "env_wrapper, message",
+    [
+        (["deep_sarsa.masking.NoSuchWrapper"], "cannot be imported"),
+        ([{"gymnasium.wrappers.TimeLimit": 5}], "must be {'module.Wrapper': {keyword: value}}"),
+        ([7], "env_wrapper must be 'module.Wrapper'"),
+        ("TimeLimit", "must be a full import path"),
+    ],
+)
+def test_a_bad_env_wrapper_names_the_run_file(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], env_wrapper: Any, message: str
+) -> None:
+    folder = tmp_path / "bad"
+    shutil.copytree(run, folder)
+    settings = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**settings, "env_wrapper": env_wrapper}))
+    assert main(["evaluate", str(folder), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(folder / "run.json") in err and message in err
