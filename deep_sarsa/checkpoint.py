@@ -69,6 +69,7 @@ processes and is refused (:func:`check_saveable_env`).
 import contextlib
 import csv
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -131,7 +132,8 @@ def check_saveable_env(env: VecEnv | None, caller: str = "save_checkpoint") -> N
 
     :param env: the model's env
     :param caller: who asks, for the message
-    :raises ValueError: no env, or a ``SubprocVecEnv``
+    :raises ValueError: no env, a ``SubprocVecEnv``, or (for a caller other than ``save_checkpoint``,
+        which pickles them anyway) envs that cannot be pickled, such as an env holding an open file
     """
     if env is None:
         raise ValueError(f"{caller} needs the model's env: the model has none (set it with model.set_env)")
@@ -141,6 +143,23 @@ def check_saveable_env(env: VecEnv | None, caller: str = "save_checkpoint") -> N
             "(its envs live in other processes): use DummyVecEnv (make_vec_env(..., vec_env_cls=DummyVecEnv)), "
             "or save with model.save + save_replay_buffer (not an exact resume)"
         )
+    if caller != "save_checkpoint":  # at the start of training: a trial pickling, which writes nothing
+        try:
+            _EnvPickler(_Discard(), None).dump(env)  # type: ignore[arg-type]
+        except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
+            raise ValueError(f"{caller}: {_cannot_save(error)}") from error
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _cannot_save(error: BaseException) -> str:
+    return (
+        f"the envs cannot be saved ({type(error).__name__}: {one_line(error)}): a checkpoint pickles the VecEnv "
+        "and its envs, to resume them mid-episode"
+    )
 
 
 # -- the envs, pickled without open files ---------------------------------------------------------
@@ -149,28 +168,41 @@ def check_saveable_env(env: VecEnv | None, caller: str = "save_checkpoint") -> N
 class _EnvPickler(cloudpickle.Pickler):
     """cloudpickle, with VecNormalize, Monitor logs and the raw finite check saved as described in the module docstring."""
 
-    def __init__(self, file: IO[bytes], folder: pathlib.Path) -> None:
+    def __init__(self, file: IO[bytes], folder: pathlib.Path | None) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.folder = folder
+        self.folder = folder  # None: a trial run that writes nothing (check_saveable_env)
         self.extra_files: list[str] = []
+        self.wrappers: dict[int, int] = {}  # each VecEnvWrapper once: its number
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, RawFiniteCheck):
             return ("skip", obj.venv)
         if isinstance(obj, VecNormalize):
             name = VEC_NORMALIZE_FILE if not self.extra_files else f"vecnormalize-{len(self.extra_files)}.pkl"
-            obj.save(str(self.folder / name))
+            if self.folder is not None:
+                obj.save(str(self.folder / name))
             self.extra_files.append(name)
             return ("vec_normalize", name, obj.venv, np.array(obj.returns, copy=True))
         if isinstance(obj, SubprocVecEnv):
             check_saveable_env(obj)
+        if isinstance(obj, VecEnvWrapper):  # its class_attributes (from inspect.getmembers) cannot be pickled
+            if id(obj) in self.wrappers:
+                return ("same_wrapper", self.wrappers[id(obj)])
+            self.wrappers[id(obj)] = len(self.wrappers)
+            return ("vec_env_wrapper", type(obj), {k: v for k, v in vars(obj).items() if k != "class_attributes"})
         if isinstance(obj, ResultsWriter):
             handle = obj.file_handler
             if handle.closed:
                 return ("closed_monitor_file", handle.name)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if self.folder is not None:
+                handle.flush()
+                os.fsync(handle.fileno())
             return ("monitor_file", handle.name, list(obj.logger.fieldnames), os.fstat(handle.fileno()).st_size)
+        if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
+            raise ValueError(
+                f"the envs hold an open file, {getattr(obj, 'name', obj)!r}: a checkpoint does not pickle open files "
+                "(only the logs of SB3's Monitor are saved and reopened); let the env open it again in __setstate__"
+            )
         return None
 
 
@@ -181,6 +213,7 @@ class _EnvUnpickler(pickle.Unpickler):
         self.name = name
         #: Monitor logs to reopen once everything else has loaded: (writer, path, fieldnames, length)
         self.monitor_files: list[tuple[ResultsWriter, str, list[str], int]] = []
+        self.wrappers: list[VecEnvWrapper] = []
 
     def persistent_load(self, pid: Any) -> Any:
         kind = pid[0] if isinstance(pid, tuple) and pid else None
@@ -194,12 +227,22 @@ class _EnvUnpickler(pickle.Unpickler):
             vec_normalize.set_venv(venv)
             vec_normalize.returns = returns
             return vec_normalize
-        if kind in ("monitor_file", "closed_monitor_file"):
-            writer = ResultsWriter.__new__(ResultsWriter)
-            writer.file_handler = None  # type: ignore[assignment]
-            writer.logger = None  # type: ignore[assignment]
-            if kind == "monitor_file":
-                self.monitor_files.append((writer, pid[1], pid[2], pid[3]))
+        if kind == "vec_env_wrapper":
+            _, cls, attributes = pid
+            wrapper = cls.__new__(cls)
+            wrapper.__dict__.update(attributes)
+            wrapper.class_attributes = dict(inspect.getmembers(cls))
+            self.wrappers.append(wrapper)
+            return wrapper
+        if kind == "same_wrapper":
+            if pid[1] >= len(self.wrappers):
+                raise CheckpointError(f"{self.name}: a VecEnv wrapper refers to itself, which a checkpoint cannot restore")
+            return self.wrappers[pid[1]]
+        if kind == "closed_monitor_file":
+            return None  # a Monitor whose log was closed goes on without one
+        if kind == "monitor_file":
+            writer = ResultsWriter.__new__(ResultsWriter)  # its file is opened once everything has loaded
+            self.monitor_files.append((writer, pid[1], pid[2], pid[3]))
             return writer
         raise CheckpointError(f"{self.name}: unknown saved object {kind!r}")
 
@@ -318,11 +361,8 @@ def _write_generation(model: DeepSARSA, env: VecEnv, folder: pathlib.Path, seque
         pickler = _EnvPickler(file, folder)
         try:
             pickler.dump({"env": env, **state})
-        except (pickle.PicklingError, TypeError, AttributeError) as error:
-            raise ValueError(
-                f"save_checkpoint: the envs cannot be saved ({type(error).__name__}: {one_line(error)}): a checkpoint "
-                "pickles the VecEnv and its envs (open files of Monitor logs excepted)"
-            ) from error
+        except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
+            raise ValueError(f"save_checkpoint: {_cannot_save(error)}") from error
     model.save(folder / MODEL_FILE)
     model.save_replay_buffer(folder / BUFFER_FILE)
     names = [MODEL_FILE, BUFFER_FILE, STATE_FILE, *pickler.extra_files]

@@ -349,6 +349,7 @@ def test_an_evil_state_pkl_is_refused_before_it_runs(
     folder = _checkpoint(tmp_path / "checkpoint")
     generation = _generation(folder)
     (generation / STATE_FILE).write_bytes(cloudpickle.dumps(Payload(marker)))
+    error: type[ValueError]
     if signature == "manifest unchanged":  # the manifest's hash of state.pkl gives it away
         error, message = checkpoint.CheckpointError, "state.pkl: .* but the manifest records"
     else:
