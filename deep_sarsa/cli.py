@@ -344,6 +344,8 @@ def _load(model_path: pathlib.Path, trusted: bool, **kwargs: Any) -> DeepSARSA:
 
 def _clear_run_folder(output: pathlib.Path, force: bool) -> None:
     """Refuse to train into a folder that holds a run (its files would mix with the new ones), unless --force."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file: the run folder must be a folder")
     used = [name for name in RUN_ENTRIES if (output / name).exists()]
     if not used:
         return
@@ -590,6 +592,8 @@ def resume_run(args: argparse.Namespace) -> int:
             ("--n-envs", args.n_envs),
             ("--eval-episodes", args.eval_episodes),
             ("--output", args.output),
+            ("--force", args.force or None),
+            ("--no-preset", None if args.preset else True),
         )
         if value is not None
     ]

@@ -459,6 +459,15 @@ def test_resume_refuses_new_settings_and_a_folder_without_a_run(
     assert "--resume continues a run with the settings in its run.json: drop --timesteps" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "no run.json there" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--force"]) == 2
+    assert "drop --force" in capsys.readouterr().err
+    without = tmp_path / "without"
+    shutil.copytree(run, without, ignore=shutil.ignore_patterns("checkpoint"))
+    assert main(["train", "--resume", str(without)]) == 2
+    assert f"the run has no checkpoint to continue from ({without / 'checkpoint'} is missing)" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["train", "CartPole-v1", "--output", str(tmp_path / "a-file"), *TINY]) == 2
+    assert "is a file: the run folder must be a folder" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--no-progress-bar"]) == 0  # already complete: nothing to do
     assert "the run is complete (600 of 600 steps)" in capsys.readouterr().out
     assert main(["train"]) == 2
