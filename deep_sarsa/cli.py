@@ -191,8 +191,9 @@ def _import_wrapper(path: str, where: str, trusted: bool) -> Callable[..., gym.E
         wrapper = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as error:
         raise UsageError(f"{where}: env_wrapper {path!r} cannot be imported: {error}") from error
-    if not callable(wrapper):
-        raise UsageError(f"{where}: env_wrapper {path!r} is not a wrapper class")
+    # without --trusted only a gym.Wrapper class, not any function of those modules
+    if not callable(wrapper) or not (trusted or (isinstance(wrapper, type) and issubclass(wrapper, gym.Wrapper))):
+        raise UsageError(f"{where}: env_wrapper {path!r} is not a gymnasium.Wrapper class")
     return wrapper
 
 

@@ -501,6 +501,7 @@ def test_a_run_json_naming_a_foreign_wrapper_module_is_refused_unless_trusted(
         ([{"gymnasium.wrappers.TimeLimit": 5}], "must be {'module.Wrapper': {keyword: value}}"),
         ([7], "env_wrapper must be 'module.Wrapper'"),
         ("TimeLimit", "must be a full import path"),
+        ("deep_sarsa.checkpoint.resume", "is not a gymnasium.Wrapper class"),  # a function of an allowed module
     ],
 )
 def test_a_bad_env_wrapper_names_the_run_file(
