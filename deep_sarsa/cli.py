@@ -615,13 +615,13 @@ def resume_run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from error
     if model.num_timesteps >= int(run["timesteps"]):
         if (output / FINAL_MODEL).exists():
-            console.print(f"{output}: the run is complete ({model.num_timesteps} of {run['timesteps']} steps)")
+            console.print(f"{output}: the run is complete ({model.num_timesteps} of {run['timesteps']} steps)", soft_wrap=True)
             return 0
         # stopped after its last checkpoint, before the final model was written: finish it
         evaluation = _eval_callback(model, _vec_env(_run_env(run), 1, 0), output, 1, 1, 0)
         _finish(model, run, output, evaluation, 0.0, 0.0)
         return 0
-    console.print(f"resuming {output} at step {model.num_timesteps} of {run['timesteps']}")
+    console.print(f"resuming {output} at step {model.num_timesteps} of {run['timesteps']}", soft_wrap=True)
     code, evaluation, seconds, rate = _learn(model, run, output, not args.no_progress_bar)
     if code == 0:
         _finish(model, run, output, evaluation, seconds, rate)
@@ -760,13 +760,13 @@ def enjoy(args: argparse.Namespace) -> int:
         if video is not None:
             video.close(complete)
     if video is not None:
-        console.print(f"recorded {video.frames} frames to {args.record}")
+        console.print(f"recorded {video.frames} frames to {args.record}", soft_wrap=True)
     if args.gif:
         from PIL import Image
 
         images = [Image.fromarray(frame) for frame in frames]
         images[0].save(args.gif, save_all=True, append_images=images[1:], duration=33, loop=0)
-        console.print(f"recorded {len(images)} frames to {args.gif}")
+        console.print(f"recorded {len(images)} frames to {args.gif}", soft_wrap=True)
     return 0
 
 
@@ -805,7 +805,7 @@ def plot(args: argparse.Namespace) -> int:
     output = _plot(args.runs, args.output)
     if output is None:
         raise UsageError("plot needs matplotlib: pip install matplotlib")
-    console.print(f"wrote {output}")
+    console.print(f"wrote {output}", soft_wrap=True)
     return 0
 
 
