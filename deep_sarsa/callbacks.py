@@ -43,7 +43,9 @@ class SaveOnInterrupt(BaseCallback):
     each multiple of N env steps (``num_timesteps``, all envs together), and when training ends.
     Training goes on; the run is the same, bit for bit, as the run without the callback. After a
     SIGKILL at any moment, ``resume(save_path)`` goes on from the newest complete one. The
-    newest ``keep`` checkpoints are kept (:func:`deep_sarsa.checkpoint.save_checkpoint`).
+    newest ``keep`` checkpoints are kept (:func:`deep_sarsa.checkpoint.save_checkpoint`). A
+    checkpoint that cannot be written (a full disk) raises ``OSError`` out of ``learn()``, saying
+    why; the previous checkpoint is intact, and the run can be resumed from it.
 
     Signal handlers can only be installed from the main thread: elsewhere the callback warns and
     writes the periodic checkpoints only. ``SubprocVecEnv`` is refused when training starts (its

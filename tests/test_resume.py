@@ -211,12 +211,13 @@ def test_sigkill_at_random_moments_then_resume_is_bit_for_bit(
             with pytest.raises(FileNotFoundError, match=r"holds no complete checkpoint|no such checkpoint folder"):
                 load_checkpoint(folder)
             outcomes.append(f"{context}: before the first checkpoint")
+            print(outcomes[-1], flush=True)
             continue
         digest, steps, _ = finish(run_child("resume", folder, monitor))
         assert (digest, steps) == (expected, "3000"), context
         assert monitor_rows(monitor) == expected_log, f"{context}: the Monitor logs are not the uninterrupted run's"
         outcomes.append(f"{context}: resumed exactly{' (killed while a checkpoint was being written)' if mid_save else ''}")
-    print("\n".join(outcomes))
+        print(outcomes[-1], flush=True)  # seen with pytest -s
 
 
 def test_sigterm_writes_a_checkpoint_that_resumes_bit_for_bit(
