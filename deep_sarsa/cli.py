@@ -102,6 +102,10 @@ class MissingExtra(Exception):
     """An optional package that the command needs is not installed: exit code 1."""
 
 
+class RunFailed(Exception):
+    """Training could not go on (e.g. a full disk); the message says what is left: exit code 1."""
+
+
 def parse_hyperparameters(pairs: Sequence[str]) -> dict[str, Any]:
     """
     Turn ``["gamma=0.98", "policy_kwargs=dict(net_arch=[64])"]`` into keyword arguments.
@@ -460,12 +464,22 @@ def _learn(
     remaining = max(int(run["timesteps"]) - model.num_timesteps, 0)
     first_step = model.num_timesteps
     start = time.perf_counter()
-    model.learn(
-        remaining,
-        callback=[evaluation, saver],
-        progress_bar=progress_bar,
-        reset_num_timesteps=model.num_timesteps == 0,
-    )
+    try:
+        model.learn(
+            remaining,
+            callback=[evaluation, saver],
+            progress_bar=progress_bar,
+            reset_num_timesteps=model.num_timesteps == 0,
+        )
+    except OSError as error:  # e.g. a full disk: a periodic checkpoint could not be written, training stopped
+        eval_env.close()
+        newest = latest_checkpoint(output / CHECKPOINT_FOLDER) if (output / CHECKPOINT_FOLDER).is_dir() else None
+        then = (
+            f"the newest complete checkpoint is {newest}: once that is fixed, continue with deep-sarsa train --resume {output}"
+            if newest is not None
+            else "no checkpoint was written: start again (with --force) once that is fixed"
+        )
+        raise RunFailed(f"training stopped at step {model.num_timesteps}: {error}; {then}") from error
     seconds = time.perf_counter() - start
     rate = (model.num_timesteps - first_step) / max(seconds, 1e-9)
     model.get_env().close()  # type: ignore[union-attr]  # flushes and closes the monitor logs
@@ -897,7 +911,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteError as error:
         errors.print(f"[red]training stopped:[/] {escape(str(error))}")
         return 1
-    except MissingExtra as error:
+    except (MissingExtra, RunFailed) as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 1
     except (UsageError, ValueError) as error:

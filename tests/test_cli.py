@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -514,3 +514,33 @@ def test_a_bad_env_wrapper_names_the_run_file(
     assert main(["evaluate", str(folder), "--episodes", "1"]) == 2
     err = capsys.readouterr().err
     assert str(folder / "run.json") in err and message in err
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs: room for a run's first files, not for its checkpoint (needs root and mount, else skipped saying why)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs root to mount a small tmpfs")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_stops_training_with_one_line_saying_what_is_left(
+    small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the first periodic checkpoint (a 1 MB model and a 5 MB replay buffer) does not fit
+    assert main(["train", "CartPole-v1", "--output", str(small_disk / "run"), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "error: training stopped at step 120:" in err and "No space left on device" in err, err
+    assert "no checkpoint was written: start again (with --force) once that is fixed" in err
+    assert "Traceback" not in err and not (small_disk / "run" / "model.zip").exists()
+    assert json.loads((small_disk / "run" / "run.json").read_text())["env_id"] == "CartPole-v1"  # what was written is intact
