@@ -109,6 +109,10 @@ LECTURE_MOUNTAIN_CAR: dict[str, Any] = dict(
 )
 
 
+#: keys of an entry that are not DeepSARSA keywords
+ENV_KEYS = ("n_timesteps", "policy", "env_wrapper", "env_kwargs")
+
+
 class Preset(NamedTuple):
     """One entry of a presets file."""
 
@@ -118,6 +122,11 @@ class Preset(NamedTuple):
     n_timesteps: int
     #: DeepSARSA keywords (``policy_kwargs`` parsed into a dict)
     hyperparameters: dict[str, Any]
+    #: rl-zoo's ``env_wrapper``: a wrapper's import path, ``{path: kwargs}``, or a list of them,
+    #: applied innermost first (wrappers the env needs, e.g. action masks); None if there are none
+    env_wrapper: Any = None
+    #: rl-zoo's ``env_kwargs``: keywords of ``gym.make`` (e.g. ``max_episode_steps``)
+    env_kwargs: dict[str, Any] = {}
 
 
 def parse_policy_kwargs(text: str, name: str = "policy_kwargs") -> dict[str, Any]:
@@ -158,10 +167,14 @@ def load_presets(path: str | Path = PRESETS_FILE) -> dict[str, Preset]:
             continue
         if not isinstance(entry, dict) or "n_timesteps" not in entry:
             raise ValueError(f"{path}: the entry {env_id!r} must be a mapping with n_timesteps")
-        hyperparameters = {key: value for key, value in entry.items() if key not in ("n_timesteps", "policy")}
+        hyperparameters = {key: value for key, value in entry.items() if key not in ENV_KEYS}
         if isinstance(hyperparameters.get("policy_kwargs"), str):
             hyperparameters["policy_kwargs"] = parse_policy_kwargs(hyperparameters["policy_kwargs"])
-        presets[env_id] = Preset(str(entry.get("policy", "MlpPolicy")), int(entry["n_timesteps"]), hyperparameters)
+        env_kwargs = entry.get("env_kwargs") or {}
+        if not isinstance(env_kwargs, dict):
+            raise ValueError(f"{path}: env_kwargs of {env_id!r} must be a mapping of gym.make keywords, got {env_kwargs!r}")
+        policy, n_timesteps = str(entry.get("policy", "MlpPolicy")), int(entry["n_timesteps"])
+        presets[env_id] = Preset(policy, n_timesteps, hyperparameters, entry.get("env_wrapper"), dict(env_kwargs))
     return presets
 
 
