@@ -540,7 +540,7 @@ def test_a_full_disk_stops_training_with_one_line_saying_what_is_left(
     # the first periodic checkpoint (a 1 MB model and a 5 MB replay buffer) does not fit
     assert main(["train", "CartPole-v1", "--output", str(small_disk / "run"), *TINY]) == 1
     err = capsys.readouterr().err
-    assert "error: training stopped at step 120:" in err and "No space left on device" in err, err
+    assert "error: training stopped at step 120:" in err and "[Errno 28]" in err, err
     assert "no checkpoint was written: start again (with --force) once that is fixed" in err
     assert "Traceback" not in err and not (small_disk / "run" / "model.zip").exists()
     assert json.loads((small_disk / "run" / "run.json").read_text())["env_id"] == "CartPole-v1"  # what was written is intact
