@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import disk
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -211,20 +212,9 @@ def test_a_failing_write_leaves_the_previous_checkpoint_and_says_why(tmp_path: P
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (needs root and mount; skipped, saying why, where there is neither)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a real full disk needs root to mount a small tmpfs (the simulated one is tested above)")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    """A 1 MiB tmpfs (the simulated full disk above runs everywhere; this one needs root)."""
+    with disk.small_disk(tmp_path, "1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_leaves_the_previous_checkpoint_intact(small_disk: Path) -> None:

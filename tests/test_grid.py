@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from disk import small_disk
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -492,14 +493,7 @@ def test_a_full_disk_loses_no_result_and_leaves_no_partial_file(
     harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The runs folder on a full tmpfs: the JSON files cannot be written, the results are in the store, export writes them."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_disk(tmp_path, "64k") as disk:
         with open(disk / "filler", "wb", buffering=0) as filler:
             try:
                 while filler.write(b"x" * 4096):
@@ -528,8 +522,6 @@ def test_a_full_disk_loses_no_result_and_leaves_no_partial_file(
             json.dumps(result, sort_keys=True) for result in store.results()
         }
         store.close()
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.mark.parametrize("value", ["0/2", "3/2", "1/0", "0/0", "-1/2", "a/b", "1", "1/2/3", ""])
