@@ -171,15 +171,21 @@ def make_objective(settings: dict[str, Any], prune: bool) -> Any:
             curves.append([(int(s), float(m), float(d)) for s, m, d in curve])
             scores.append(last_fraction_mean(curve))
             areas.append(area_under_curve(curve))
-            trial.set_user_attr("seed_scores", scores)
-            trial.set_user_attr("seed_areas", areas)
-            trial.set_user_attr("curves", curves)
             trial.report(min(scores), index)
             if prune and index + 1 < len(settings["seeds"]) and trial.should_prune():
+                record(trial, scores, areas, curves)
                 raise optuna.TrialPruned(f"worst seed so far {min(scores):.1f} after {index + 1} seeds")
+        record(trial, scores, areas, curves)
         return min(scores)
 
     return objective
+
+
+def record(trial: optuna.Trial, scores: list[float], areas: list[float], curves: list[Any]) -> None:
+    """Keep a trial's per-seed scores, areas under the curve and curves as its user attributes."""
+    trial.set_user_attr("seed_scores", scores)
+    trial.set_user_attr("seed_areas", areas)
+    trial.set_user_attr("curves", curves)
 
 
 def storage_url(args: argparse.Namespace) -> str:
@@ -212,12 +218,18 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
     kwargs: dict[str, Any] = {}
     if heartbeat is not None:
         kwargs = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
-    try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, **kwargs)
-    except ImportError as error:
-        raise ValueError(f"--storage {url.split('@')[-1]!r}: the database driver is missing: {error}") from error
+    for attempt in range(10):  # workers started together on a fresh database race to create Optuna's tables
+        try:
+            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except ImportError as error:
+            raise ValueError(f"--storage {url.split('@')[-1]!r}: the database driver is missing: {error}") from error
+        except SQLAlchemyError:
+            if attempt == 9:
+                raise
+            time.sleep(0.2 + 0.3 * attempt)
+    raise AssertionError("unreachable")
 
 
 def study_name(args: argparse.Namespace) -> str:

@@ -23,7 +23,7 @@ from deep_sarsa.presets import load_presets
 ROOT = Path(__file__).parent.parent
 TUNE = ROOT / "benchmarks" / "tune.py"
 #: a real CartPole trial of a few hundred steps
-TINY = ["--steps", "200", "--eval-freq", "100", "--eval-episodes", "1"]
+TINY = ["--steps", "100", "--eval-freq", "50", "--eval-episodes", "1"]
 
 
 def curve(*returns: float) -> list[tuple[int, float, float]]:
@@ -131,9 +131,11 @@ def start_tune(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    # both start together on a file that does not exist yet: they race to create the study
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_share_one_study(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # PostgreSQL: a fresh database on the test server (conftest.py; skipped outside CI where there is none)
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    # both start together on a storage without a study (or, for SQLite, a file): they race to create it
     command = ["study", "--task", "CartPole-v1", "--trials", "6", "--seeds", "2", "--storage", storage, "--no-prune", *TINY]
     workers = [start_tune(*command) for _ in range(2)]
     outputs = [worker.communicate(timeout=180)[0] for worker in workers]
@@ -241,3 +243,28 @@ def test_reading_a_missing_study_or_other_settings(
     with pytest.raises(SystemExit):
         tune.main(["preset", "--task", "CartPole-v1", "--storage", storage, "--study-name", "empty"])
     assert "study 'empty' has no complete trial yet" in capsys.readouterr().err
+
+
+def test_a_hopeless_trial_is_pruned_after_its_first_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seeds: list[int] = []
+
+    def train(task: str, hyperparameters: dict[str, Any], seed: int, steps: int, eval_freq: int, episodes: int) -> Any:
+        seeds.append(seed)
+        # the first 5 trials (15 seeds) score 500 on every seed; the sixth trial's first seed scores 10
+        return curve(500, 500) if len(seeds) <= 15 else curve(10, 10)
+
+    monkeypatch.setattr(tune, "train_seed", train)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert tune.main(["study", "--task", "CartPole-v1", "--trials", "6", "--storage", storage]) == 0
+    trials = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage).get_trials()
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 5 + [TrialState.PRUNED]
+    assert trials[5].user_attrs["seed_scores"] == [10.0]
+    assert seeds == [1000, 1001, 1002] * 5 + [1000], "the pruned trial trained one seed only"
+    # --no-prune: the same sixth trial trains every seed and completes
+    seeds.clear()
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert tune.main(["study", "--task", "CartPole-v1", "--trials", "6", "--storage", other, "--no-prune"]) == 0
+    trials = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=other).get_trials()
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 6
+    assert trials[5].value == 10.0
+    assert seeds == [1000, 1001, 1002] * 6
