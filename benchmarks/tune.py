@@ -529,8 +529,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_preset(args)
     except ValueError as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
-    except SQLAlchemyError as error:
-        parser.exit(1, f"{parser.prog} {args.command}: error: the storage failed: {' '.join(str(error).split())[:500]}\n")
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        # Optuna wraps a failed commit (a full disk, a lost connection) in StorageInternalError: show the cause
+        cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ else error
+        message = " ".join(str(cause).split())[:500]
+        parser.exit(1, f"{parser.prog} {args.command}: error: the storage failed ({message}); the same command resumes\n")
     except KeyboardInterrupt:
         return 130
 

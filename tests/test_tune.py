@@ -268,3 +268,50 @@ def test_a_hopeless_trial_is_pruned_after_its_first_seed(monkeypatch: pytest.Mon
     assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 6
     assert trials[5].value == 10.0
     assert seeds == [1000, 1001, 1002] * 6
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A real 2 MB tmpfs (we may be root)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_disk_stops_the_worker_and_loses_no_trial(
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_training(monkeypatch, [])
+    storage = f"sqlite:///{small_disk / 'study.db'}"
+    command = ["study", "--task", "CartPole-v1", "--storage", storage]
+    assert tune.main([*command, "--trials", "2"]) == 0
+    filler = small_disk / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk to the last byte
+        for size in (65536, 4096, 1):
+            while True:
+                try:
+                    os.write(descriptor, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(descriptor)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        tune.main([*command, "--trials", "4"])
+    assert exit_.value.code == 1
+    error = capsys.readouterr().err
+    assert "error: the storage failed (" in error and "disk is full" in error, error
+    filler.unlink()
+    # the study is whole: its two trials are there, and the same command goes on from them
+    assert tune.main([*command, "--trials", "4"]) == 0
+    trials = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage).get_trials()
+    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and [trial.number for trial in complete[:2]] == [0, 1]
+    assert all(trial.value == 100.0 for trial in complete)
