@@ -18,7 +18,8 @@ The study lives in a database: by default the SQLite file ``benchmarks/studies/T
 the same ``study`` command on one storage: they share the study, and each stops once the study has
 ``--trials`` finished (complete or pruned) trials, so running the command again resumes or, with a larger
 ``--trials``, extends it. A worker that dies leaves its trial RUNNING; its heartbeat stops, and the next
-trial any worker starts marks it FAIL once it has been silent for twice ``--heartbeat`` seconds.
+trial any worker starts marks it FAIL once it has been silent for twice ``--heartbeat`` seconds (Ctrl-C or SIGTERM
+marks it FAIL at once).
 
     python benchmarks/tune.py study --task CartPole-v1 --trials 100              # on each core: the same command
     python benchmarks/tune.py show --task CartPole-v1                            # best trials, per-seed scores
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +47,8 @@ import numpy as np
 import optuna
 import torch as th
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.presets import preset
@@ -195,6 +198,14 @@ def storage_url(args: argparse.Namespace) -> str:
     return f"sqlite:///{STUDIES / (args.task + '.db')}"
 
 
+def shown(url: str) -> str:
+    """``url`` with its password hidden (``***``), to print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = False) -> optuna.storages.RDBStorage:
     """
     The study storage of ``--storage`` (with a heartbeat, for the workers).
@@ -224,7 +235,7 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, **kwargs)
         except ImportError as error:
-            raise ValueError(f"--storage {url.split('@')[-1]!r}: the database driver is missing: {error}") from error
+            raise ValueError(f"--storage {shown(url)!r}: the database driver is missing: {error}") from error
         except SQLAlchemyError:
             if attempt == 9:
                 raise
@@ -245,7 +256,7 @@ def load(args: argparse.Namespace) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
-        raise ValueError(f"--study-name: no study {name!r} in {storage_url(args).split('@')[-1]} (it has {names})") from None
+        raise ValueError(f"--study-name: no study {name!r} in {shown(storage_url(args))} (it has {names})") from None
 
 
 def create_or_load(storage: optuna.storages.RDBStorage, name: str, settings: dict[str, Any], prune: bool) -> optuna.Study:
@@ -295,6 +306,11 @@ def run_study(args: argparse.Namespace) -> int:
     """Work on the study until it has ``--trials`` finished trials (with any other worker on the storage)."""
     os.environ["OMP_NUM_THREADS"] = "1"
     th.set_num_threads(1)
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # as Ctrl-C: Optuna marks the running trial FAIL, the worker exits 130
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = settings_of(args)
     storage = open_storage(storage_url(args), heartbeat=args.heartbeat)
@@ -377,7 +393,7 @@ def export(args: argparse.Namespace) -> int:
     keys = sorted({key for trial in trials for key in trial.params})
     ranked = {trial.number: rank for rank, trial in enumerate(best_trials(study, len(trials)))}
     order = sorted(trials, key=lambda t: (ranked.get(t.number, len(trials)), t.number))
-    storage = "" if not args.storage else f" --storage {storage_url(args).split('@')[-1]}"
+    storage = "" if not args.storage else f" --storage '{shown(storage_url(args))}'"
     attrs = study.user_attrs
     budget = f" --steps {attrs.get('steps')} --eval-freq {attrs.get('eval_freq')} --eval-episodes {attrs.get('episodes')}"
     lines = [

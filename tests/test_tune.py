@@ -315,3 +315,18 @@ def test_a_full_disk_stops_the_worker_and_loses_no_trial(
     complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
     assert len(complete) == 4 and [trial.number for trial in complete[:2]] == [0, 1]
     assert all(trial.value == 100.0 for trial in complete)
+
+
+def test_sigterm_fails_the_running_trial_at_once(tmp_path: Path) -> None:
+    database = tmp_path / "study.db"
+    storage = f"sqlite:///{database}"
+    command = ["study", "--task", "CartPole-v1", "--seeds", "1", "--storage", storage, "--no-prune", "--trials", "50"]
+    worker = start_tune(*command, "--steps", "1000", "--eval-freq", "500", "--eval-episodes", "1")
+    deadline = time.monotonic() + 120
+    while not running_with_heartbeat(database) and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGTERM)
+    output = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 130, output
+    states = [trial.state for trial in optuna.load_study(study_name="CartPole-v1-worst-of-1", storage=storage).get_trials()]
+    assert TrialState.RUNNING not in states and states[-1] == TrialState.FAIL, states
