@@ -1,0 +1,332 @@
+"""benchmarks/tune.py: the worst-of-seeds objective, workers sharing one SQLite study, a SIGKILLed worker, bad arguments."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import harness
+import tune
+
+from deep_sarsa import DeepSARSA
+from deep_sarsa.presets import load_presets
+
+ROOT = Path(__file__).parent.parent
+TUNE = ROOT / "benchmarks" / "tune.py"
+#: a real CartPole trial of a few hundred steps
+TINY = ["--steps", "100", "--eval-freq", "50", "--eval-episodes", "1"]
+
+
+def curve(*returns: float) -> list[tuple[int, float, float]]:
+    return [(100 * (i + 1), float(value), 0.0) for i, value in enumerate(returns)]
+
+
+def test_last_fraction_and_objective_by_hand() -> None:
+    # 10 evaluations: the last 2 (20%); 7: ceil(1.4) = 2; 3: ceil(0.6) = 1
+    assert tune.last_fraction_mean(curve(0, 0, 0, 0, 0, 0, 0, 0, 400, 500)) == 450.0
+    assert tune.last_fraction_mean(curve(1, 2, 3, 4, 5, 6, 8)) == 7.0
+    assert tune.last_fraction_mean(curve(9, 9, 30)) == 30.0
+    assert tune.area_under_curve(curve(10, 20, 60)) == 30.0
+    # seed scores 450, 100, 300: the worst is the second's
+    assert tune.objective_of([curve(*[0] * 8, 400, 500), curve(*[500] * 8, 100, 100), curve(*[0] * 8, 300, 300)]) == 100.0
+    with pytest.raises(ValueError, match="curve must hold at least one evaluation"):
+        tune.last_fraction_mean([])
+
+
+def fake_training(monkeypatch: pytest.MonkeyPatch, calls: list[tuple[int, dict[str, Any]]]) -> None:
+    """Training replaced by curves that depend on the seed: seed scores 450, 100 and 300 (and 60, 20, ... beyond)."""
+    by_seed = {
+        1000: curve(*[0] * 8, 400, 500),
+        1001: curve(*[500] * 8, 100, 100),
+        1002: curve(*[0] * 8, 300, 300),
+    }
+
+    def train(task: str, hyperparameters: dict[str, Any], seed: int, steps: int, eval_freq: int, episodes: int) -> Any:
+        calls.append((seed, hyperparameters))
+        assert (task, steps, eval_freq, episodes) == ("CartPole-v1", 50_000, 5_000, 20)
+        return by_seed[seed]
+
+    monkeypatch.setattr(tune, "train_seed", train)
+
+
+def test_objective_is_the_worst_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[tuple[int, dict[str, Any]]] = []
+    fake_training(monkeypatch, calls)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert tune.main(["study", "--task", "CartPole-v1", "--trials", "3", "--storage", storage]) == 0
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 3
+    for trial in trials:
+        assert trial.value == 100.0
+        assert trial.user_attrs["seed_scores"] == [450.0, 100.0, 300.0]
+        assert trial.user_attrs["seed_areas"] == [90.0, 420.0, 60.0]
+    # the tuning seeds, never the harness's validation seeds 0, 1, ...; each trial's keywords are valid DeepSARSA keywords
+    assert [seed for seed, _ in calls] == [1000, 1001, 1002] * 3
+    for _, hyperparameters in calls[::3]:
+        assert hyperparameters["next_action"] in ("sampled", "expected", "stored")
+        assert hyperparameters["batch_size"] <= hyperparameters["buffer_size"]
+        DeepSARSA("MlpPolicy", "CartPole-v1", device="cpu", **hyperparameters)
+    assert study.user_attrs["seeds"] == [1000, 1001, 1002]
+    # Running the command again with more trials extends the study
+    assert tune.main(["study", "--task", "CartPole-v1", "--trials", "4", "--storage", storage]) == 0
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+
+
+def test_show_export_and_preset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_training(monkeypatch, [])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["--task", "CartPole-v1", "--storage", storage]
+    assert tune.main(["study", *common, "--trials", "2"]) == 0
+    capsys.readouterr()
+    assert tune.main(["show", *common]) == 0
+    shown = capsys.readouterr().out
+    assert "seed scores [450.0, 100.0, 300.0]" in shown and "next_action" in shown
+    out = tmp_path / "tuning.md"
+    assert tune.main(["export", *common, "--out", str(out)]) == 0
+    table = out.read_text()
+    assert table.count("| complete | 100.00 | 450.0, 100.0, 300.0 |") == 2
+    assert "python benchmarks/tune.py study --task CartPole-v1" in table and "Machine: " in table and " UTC." in table
+    capsys.readouterr()
+    assert tune.main(["preset", *common]) == 0
+    entry = capsys.readouterr().out
+    assert "found by study 'CartPole-v1-worst-of-3' (benchmarks/tune.py), 2 trials" in entry
+    # the entry reads back as a preset with the trial's keywords on top of the task's
+    path = tmp_path / "deep_sarsa.yml"
+    path.write_text(entry)
+    loaded = load_presets(path)["CartPole-v1"]
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage)
+    best = tune.best_trials(study, 1)[0]
+    expected = {**harness.hyperparameters_of("CartPole-v1"), **tune._converted(best, "CartPole-v1", 50_000)}
+    assert loaded.hyperparameters == expected
+    assert loaded.n_timesteps == 50_000
+    DeepSARSA("MlpPolicy", "CartPole-v1", device="cpu", **loaded.hyperparameters)
+
+
+def run_tune(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(TUNE), *args], capture_output=True, text=True, timeout=timeout, env=environment, cwd=ROOT
+    )
+
+
+def start_tune(*args: str) -> subprocess.Popen[str]:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(TUNE), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_share_one_study(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # PostgreSQL: a fresh database on the test server (conftest.py; skipped outside CI where there is none)
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    # both start together on a storage without a study (or, for SQLite, a file): they race to create it
+    command = ["study", "--task", "CartPole-v1", "--trials", "6", "--seeds", "2", "--storage", storage, "--no-prune", *TINY]
+    workers = [start_tune(*command) for _ in range(2)]
+    outputs = [worker.communicate(timeout=180)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-2", storage=storage)
+    trials = study.get_trials()
+    # Nothing lost: every trial is complete, numbered without gaps; each worker stops at 6 finished trials (one more
+    # at most: the other worker's trial in progress at that moment)
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * len(trials), outputs
+    assert 6 <= len(trials) <= 7
+    assert sorted(trial.number for trial in trials) == list(range(len(trials)))
+    assert len({trial.user_attrs["worker"] for trial in trials}) == 2, "both workers ran trials"
+    for trial in trials:
+        assert len(trial.user_attrs["seed_scores"]) == 2
+        assert trial.value == min(trial.user_attrs["seed_scores"])
+
+
+def running_with_heartbeat(database: Path) -> list[int]:
+    """The trials that are RUNNING and have sent a heartbeat."""
+    if not database.exists():
+        return []
+    try:
+        with sqlite3.connect(database, timeout=1) as connection:
+            rows = connection.execute(
+                "SELECT trials.number FROM trials JOIN trial_heartbeats ON trials.trial_id = trial_heartbeats.trial_id "
+                "WHERE trials.state = 'RUNNING'"
+            ).fetchall()
+    except sqlite3.OperationalError:  # the tables do not exist yet, or the file is locked
+        return []
+    return [row[0] for row in rows]
+
+
+def test_resume_after_a_worker_is_sigkilled(tmp_path: Path) -> None:
+    database = tmp_path / "study.db"
+    storage = f"sqlite:///{database}"
+    command = ["study", "--task", "CartPole-v1", "--seeds", "1", "--storage", storage, "--heartbeat", "1", "--no-prune"]
+    budget = ["--steps", "1000", "--eval-freq", "500", "--eval-episodes", "1"]
+    killed: list[int] = []
+    for _ in range(5):  # a kill that lands between trials (or after the end) is tried again
+        worker = start_tune(*command, "--trials", "50", *budget)
+        deadline = time.monotonic() + 120
+        while not running_with_heartbeat(database) and worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.communicate(timeout=30)
+        killed = running_with_heartbeat(database)
+        if killed:
+            break
+    assert len(killed) == 1, "no kill landed in a trial in 5 tries"
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-1", storage=storage)
+    finished_before = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    time.sleep(2.5)  # the dead worker's trial is silent for more than its grace period (2 heartbeats)
+    result = run_tune(*command, "--trials", str(finished_before + 2), *budget)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = {trial.number: trial for trial in study.get_trials()}
+    assert trials[killed[0]].state == TrialState.FAIL, "the dead worker's trial is failed, not left RUNNING"
+    states = [trial.state for trial in trials.values()]
+    assert states.count(TrialState.COMPLETE) == finished_before + 2
+    assert TrialState.RUNNING not in states
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["study", "--task", "CartPole-v1", "--trials", "0"], "--trials: expected a positive whole number, got '0'"),
+        (["study", "--task", "CartPole-v1", "--trials", "3", "--seeds", "two"], "--seeds: expected a positive whole number"),
+        (["study", "--task", "Pong-v5", "--trials", "3"], "--task: invalid choice: 'Pong-v5'"),
+        (["study", "--task", "MountainCar-v0-lecture", "--trials", "3"], "--task: invalid choice"),
+        (["study", "--task", "CartPole-v1"], "the following arguments are required: --trials"),
+        (["study", "--task", "CartPole-v1", "--trials", "3", "--storage", "study.db"], "--storage must be a database URL"),
+        (["study", "--task", "CartPole-v1", "--trials", "3", "--storage", "study.log"], "--storage: journal files have no"),
+        (["study", "--task", "CartPole-v1", "--trials", "3", "--storage", "postgresql://u@h/d"], "postgresql+psycopg://"),
+        (["study", "--task", "CartPole-v1", "--trials", "3", "--steps", "100", "--eval-freq", "200"], "--eval-freq (200)"),
+    ],
+)
+def test_bad_arguments_name_the_option(arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        tune.main(arguments)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_reading_a_missing_study_or_other_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for command in ("show", "export", "preset"):
+        with pytest.raises(SystemExit) as exit_:
+            tune.main([command, "--task", "CartPole-v1", "--storage", storage])
+        assert exit_.value.code == 2
+        assert f"--storage: no study file {tmp_path / 'study.db'}" in capsys.readouterr().err
+    assert not (tmp_path / "study.db").exists(), "reading does not create the file"
+    fake_training(monkeypatch, [])
+    assert tune.main(["study", "--task", "CartPole-v1", "--trials", "1", "--storage", storage]) == 0
+    with pytest.raises(SystemExit):
+        tune.main(["show", "--task", "CartPole-v1", "--storage", storage, "--study-name", "other"])
+    assert "--study-name: no study 'other'" in capsys.readouterr().err
+    # the same study with another budget is refused: its trials would not compare
+    with pytest.raises(SystemExit):
+        tune.main(["study", "--task", "CartPole-v1", "--trials", "2", "--storage", storage, "--eval-episodes", "5"])
+    assert "--eval-episodes: study 'CartPole-v1-worst-of-3' was run with episodes=20, not 5" in capsys.readouterr().err
+    # a study without a complete trial has no preset
+    optuna.create_study(study_name="empty", storage=storage)
+    with pytest.raises(SystemExit):
+        tune.main(["preset", "--task", "CartPole-v1", "--storage", storage, "--study-name", "empty"])
+    assert "study 'empty' has no complete trial yet" in capsys.readouterr().err
+
+
+def test_a_hopeless_trial_is_pruned_after_its_first_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seeds: list[int] = []
+
+    def train(task: str, hyperparameters: dict[str, Any], seed: int, steps: int, eval_freq: int, episodes: int) -> Any:
+        seeds.append(seed)
+        # the first 5 trials (15 seeds) score 500 on every seed; the sixth trial's first seed scores 10
+        return curve(500, 500) if len(seeds) <= 15 else curve(10, 10)
+
+    monkeypatch.setattr(tune, "train_seed", train)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert tune.main(["study", "--task", "CartPole-v1", "--trials", "6", "--storage", storage]) == 0
+    trials = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage).get_trials()
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 5 + [TrialState.PRUNED]
+    assert trials[5].user_attrs["seed_scores"] == [10.0]
+    assert seeds == [1000, 1001, 1002] * 5 + [1000], "the pruned trial trained one seed only"
+    # --no-prune: the same sixth trial trains every seed and completes
+    seeds.clear()
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert tune.main(["study", "--task", "CartPole-v1", "--trials", "6", "--storage", other, "--no-prune"]) == 0
+    trials = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=other).get_trials()
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 6
+    assert trials[5].value == 10.0
+    assert seeds == [1000, 1001, 1002] * 6
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A real 2 MB tmpfs (we may be root)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_disk_stops_the_worker_and_loses_no_trial(
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_training(monkeypatch, [])
+    storage = f"sqlite:///{small_disk / 'study.db'}"
+    command = ["study", "--task", "CartPole-v1", "--storage", storage]
+    assert tune.main([*command, "--trials", "2"]) == 0
+    filler = small_disk / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk to the last byte
+        for size in (65536, 4096, 1):
+            while True:
+                try:
+                    os.write(descriptor, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(descriptor)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        tune.main([*command, "--trials", "4"])
+    assert exit_.value.code == 1
+    error = capsys.readouterr().err
+    assert "error: the storage failed (" in error and "disk is full" in error, error
+    filler.unlink()
+    # the study is whole: its two trials are there, and the same command goes on from them
+    assert tune.main([*command, "--trials", "4"]) == 0
+    trials = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage).get_trials()
+    complete = [trial for trial in trials if trial.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and [trial.number for trial in complete[:2]] == [0, 1]
+    assert all(trial.value == 100.0 for trial in complete)
+
+
+def test_sigterm_fails_the_running_trial_at_once(tmp_path: Path) -> None:
+    database = tmp_path / "study.db"
+    storage = f"sqlite:///{database}"
+    command = ["study", "--task", "CartPole-v1", "--seeds", "1", "--storage", storage, "--no-prune", "--trials", "50"]
+    worker = start_tune(*command, "--steps", "1000", "--eval-freq", "500", "--eval-episodes", "1")
+    deadline = time.monotonic() + 120
+    while not running_with_heartbeat(database) and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGTERM)
+    output = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 130, output
+    states = [trial.state for trial in optuna.load_study(study_name="CartPole-v1-worst-of-1", storage=storage).get_trials()]
+    assert TrialState.RUNNING not in states and states[-1] == TrialState.FAIL, states
