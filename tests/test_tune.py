@@ -6,9 +6,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import disk
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -271,17 +273,10 @@ def test_a_hopeless_trial_is_pruned_after_its_first_seed(monkeypatch: pytest.Mon
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Any:
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 2 MB tmpfs (we may be root)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+    with disk.small_disk(tmp_path, "2m") as mount_point:
+        yield mount_point
 
 
 def test_a_full_disk_stops_the_worker_and_loses_no_trial(
