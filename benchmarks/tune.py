@@ -28,6 +28,7 @@ marks it FAIL at once).
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,8 @@ def make_objective(settings: dict[str, Any], prune: bool) -> Any:
         areas: list[float] = []
         curves: list[list[tuple[int, float, float]]] = []
         for index, seed in enumerate(settings["seeds"]):
-            curve = train_seed(task, hyperparameters, seed, steps, settings["eval_freq"], settings["episodes"])
+            with interrupts.at_once():
+                curve = train_seed(task, hyperparameters, seed, steps, settings["eval_freq"], settings["episodes"])
             curves.append([(int(s), float(m), float(d)) for s, m, d in curve])
             scores.append(last_fraction_mean(curve))
             areas.append(area_under_curve(curve))
@@ -297,6 +299,49 @@ def create_or_load(storage: optuna.storages.RDBStorage, name: str, settings: dic
     return study
 
 
+class Interrupts:
+    """
+    Ctrl-C and SIGTERM as KeyboardInterrupt, raised only where no storage call is under way.
+
+    A KeyboardInterrupt raised in the middle of a storage call (a trial's ``suggest_*`` or ``report``, Optuna's
+    bookkeeping between trials) can leave SQLite's lock held by a half-closed connection, and the worker then
+    fails to mark its trial FAIL ("database is locked", seen in CI). So a signal that comes while a seed trains
+    raises at once; any other one is kept and raised at the next safe point: before a seed trains, after a trial
+    was told (an Optuna callback), or when the study is done.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.raise_now = False
+
+    def handle(self, *_: object) -> None:
+        """The signal handler."""
+        if self.raise_now:
+            self.raise_now = False
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self, *_: object) -> None:
+        """Raise a kept signal (also an Optuna callback: it takes ``study, trial``)."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def at_once(self) -> Iterator[None]:
+        """A block (training, no storage call) that a signal interrupts at once."""
+        self.check()
+        self.raise_now = True
+        try:
+            yield
+        finally:
+            self.raise_now = False
+        self.check()
+
+
+interrupts = Interrupts()
+
+
 def finished(study: optuna.Study) -> int:
     """The study's complete or pruned trials."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
@@ -306,11 +351,17 @@ def run_study(args: argparse.Namespace) -> int:
     """Work on the study until it has ``--trials`` finished trials (with any other worker on the storage)."""
     os.environ["OMP_NUM_THREADS"] = "1"
     th.set_num_threads(1)
+    # Ctrl-C and SIGTERM: Optuna marks the running trial FAIL and the worker exits 130
+    interrupts.pending = interrupts.raise_now = False
+    previous = {number: signal.signal(number, interrupts.handle) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _work_on(args)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
-    def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)  # as Ctrl-C: Optuna marks the running trial FAIL, the worker exits 130
+def _work_on(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = settings_of(args)
     storage = open_storage(storage_url(args), heartbeat=args.heartbeat)
@@ -319,13 +370,15 @@ def run_study(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # study.optimize does it again before each trial
+    interrupts.check()
     if finished(study) < args.trials:
         study.optimize(
             make_objective(settings, prune=not args.no_prune),
-            callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=FINISHED), _log],
+            callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=FINISHED), _log, interrupts.check],
             catch=(ValueError,),  # a trial that fails on its values (it should not) leaves the study going
             gc_after_trial=True,
         )
+    interrupts.check()
     states = [trial.state for trial in study.get_trials(deepcopy=False)]
     print(
         f"study {name!r}: {states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} pruned, "

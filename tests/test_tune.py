@@ -312,16 +312,83 @@ def test_a_full_disk_stops_the_worker_and_loses_no_trial(
     assert all(trial.value == 100.0 for trial in complete)
 
 
-def test_sigterm_fails_the_running_trial_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signals", [[0.0], [0.0, 0.01]], ids=["one", "a-second-while-handling"])
+def test_sigterm_fails_the_running_trial_at_once(signals: list[float], tmp_path: Path) -> None:
     database = tmp_path / "study.db"
     storage = f"sqlite:///{database}"
     command = ["study", "--task", "CartPole-v1", "--seeds", "1", "--storage", storage, "--no-prune", "--trials", "50"]
     worker = start_tune(*command, "--steps", "1000", "--eval-freq", "500", "--eval-episodes", "1")
     deadline = time.monotonic() + 120
+    # the heartbeat is first written while the trial's parameters are sampled (storage calls)
     while not running_with_heartbeat(database) and worker.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    worker.send_signal(signal.SIGTERM)
+    for delay in signals:
+        time.sleep(delay)
+        worker.send_signal(signal.SIGTERM)
     output = worker.communicate(timeout=60)[0]
     assert worker.returncode == 130, output
+    assert "OperationalError" not in output and "StorageInternalError" not in output, output
     states = [trial.state for trial in optuna.load_study(study_name="CartPole-v1-worst-of-1", storage=storage).get_trials()]
     assert TrialState.RUNNING not in states and states[-1] == TrialState.FAIL, states
+
+
+def test_a_signal_during_a_storage_call_waits_for_its_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # CI saw a SIGTERM raised in the middle of a trial's storage calls leave SQLite locked ("database is
+    # locked" when the trial was then marked FAIL): a signal that comes while the parameters are being
+    # stored waits until they are, then fails the trial before it trains
+    real_sample = tune.sample_deep_sarsa_params
+    trained: list[int] = []
+
+    def sample(trial: optuna.Trial, *args: Any) -> dict[str, Any]:
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at once, here, before the storage calls
+        return real_sample(trial, *args)
+
+    def train(task: str, hyperparameters: dict[str, Any], seed: int, *args: Any) -> Any:
+        trained.append(seed)
+        return curve(100)
+
+    monkeypatch.setattr(tune, "sample_deep_sarsa_params", sample)
+    monkeypatch.setattr(tune, "train_seed", train)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    handler = signal.getsignal(signal.SIGTERM)
+    assert tune.main(["study", "--task", "CartPole-v1", "--storage", storage, "--trials", "3"]) == 130
+    assert signal.getsignal(signal.SIGTERM) == handler  # the worker's handlers are gone with it
+    assert trained == []
+    (trial,) = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage).get_trials()
+    assert trial.state == TrialState.FAIL
+    assert {"learning_rate", "batch_size_pow", "next_action", "loss"} <= set(trial.params), trial.params
+
+
+def test_a_signal_while_training_stops_it_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def train(task: str, hyperparameters: dict[str, Any], seed: int, *args: Any) -> Any:
+        seen.append(seed)
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the KeyboardInterrupt comes within a few bytecodes, long before the end
+            time.sleep(0.001)
+        seen.append(-seed)
+        return curve(100)
+
+    monkeypatch.setattr(tune, "train_seed", train)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert tune.main(["study", "--task", "CartPole-v1", "--storage", storage, "--trials", "3"]) == 130
+    assert seen == [1000]
+    (trial,) = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage).get_trials()
+    assert trial.state == TrialState.FAIL
+
+
+def test_a_signal_after_a_trial_is_told_stops_the_worker_there(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake_training(monkeypatch, [])
+    real_record = tune.record
+
+    def record(trial: optuna.Trial, *args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # while the trial's results are being stored
+        real_record(trial, *args)
+
+    monkeypatch.setattr(tune, "record", record)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert tune.main(["study", "--task", "CartPole-v1", "--storage", storage, "--trials", "3"]) == 130
+    (trial,) = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.value == 100.0  # stored whole, then the worker stopped
+    assert trial.user_attrs["seed_scores"] == [450.0, 100.0, 300.0]
