@@ -55,8 +55,9 @@ from jobstore import DONE, FAILED, Job, JobStore, StoreError, iterate_status, wo
 
 RUNS = Path(__file__).parent / "runs"
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
-#: also runnable: DeepSARSA with DQN's Huber loss instead of the default MSE
-EXTRA_ALGORITHMS = ["sarsa-sampled-huber", "sarsa-expected-huber", "sarsa-stored-huber"]
+#: also runnable: DeepSARSA with DQN's Huber loss instead of the default MSE, and the package's preset
+#: (``deep_sarsa.presets.preset(task)``: its own hyperparameters, ``next_action`` and ``loss``)
+EXTRA_ALGORITHMS = ["sarsa-sampled-huber", "sarsa-expected-huber", "sarsa-stored-huber", "sarsa-preset"]
 #: Each task: budget, evaluation frequency, hyperparameters (the same for DQN and DeepSARSA) and
 #: the reference to compare with. Classic control: rl-zoo's DQN entries and budgets, and its DQN
 #: results (benchmark.md). Taxi and CliffWalking: the package's presets (``next_action`` aside).
@@ -114,11 +115,18 @@ class Evaluate(BaseCallback):
         self.env.reset(seed=seed)
         self.eval_freq, self.episodes = eval_freq, episodes
         self.curve: list[tuple[int, float, float]] = []
+        #: the training wall-clock seconds (evaluations left out) at each evaluation of ``curve``
+        self.curve_seconds: list[float] = []
         self.seconds = 0.0
+        self.started = time.perf_counter()
+
+    def _on_training_start(self) -> None:
+        self.started = time.perf_counter()
 
     def _on_step(self) -> bool:
         if self.num_timesteps % self.eval_freq == 0:
             start = time.perf_counter()
+            self.curve_seconds.append(start - self.started - self.seconds)
             # A masked DeepSARSA acts among valid actions (sb3-contrib's evaluation passes the masks)
             masked = isinstance(self.model, DeepSARSA) and self.model._masking
             evaluate = evaluate_masked_policy if masked else evaluate_policy
@@ -146,6 +154,9 @@ def train_job(job: Job, runs: Path) -> dict[str, Any]:
     hyperparameters = hyperparameters_of(task)
     if algorithm == "dqn":
         model: DQN | DeepSARSA = DQN("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
+    elif algorithm == "sarsa-preset":
+        hyperparameters = preset(task).hyperparameters
+        model = DeepSARSA("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
     else:
         next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")
         model = DeepSARSA(
@@ -170,6 +181,7 @@ def train_job(job: Job, runs: Path) -> dict[str, Any]:
         "episodes": episodes,
         "steps": model.num_timesteps,
         "curve": evaluate.curve,
+        "curve_seconds": evaluate.curve_seconds,
         "train_seconds": train_seconds,
         "steps_per_second": model.num_timesteps / train_seconds,
         "hyperparameters": {k: str(v) for k, v in hyperparameters.items()},

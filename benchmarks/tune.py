@@ -53,7 +53,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.presets import preset
-from deep_sarsa.zoo.sampler import experiment_settings, sample_deep_sarsa_params
+from deep_sarsa.zoo.sampler import NET_ARCHS, experiment_settings, sample_deep_sarsa_params
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import LECTURE_TASKS, TASKS, Evaluate, _positive, hyperparameters_of, make_env
@@ -143,6 +143,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "episodes": int(args.eval_episodes),
         "seeds": tuning_seeds(args.seeds),
         "objective": OBJECTIVE,
+        "space": str(getattr(args, "space", "zoo")),
     }
     if settings["eval_freq"] > settings["steps"]:
         raise ValueError(f"--eval-freq ({settings['eval_freq']}) must be at most the budget --steps ({settings['steps']})")
@@ -163,8 +164,11 @@ def make_objective(settings: dict[str, Any], prune: bool) -> Any:
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
-        with experiment_settings(base, steps):
-            sampled = sample_deep_sarsa_params(trial, n_actions, 1, {})
+        if settings.get("space", "zoo") == "near-preset":
+            sampled = sample_near_preset(trial)
+        else:
+            with experiment_settings(base, steps):
+                sampled = sample_deep_sarsa_params(trial, n_actions, 1, {})
         hyperparameters = {**base, **sampled}
         trial.set_user_attr("worker", worker)
         scores: list[float] = []
@@ -184,6 +188,68 @@ def make_objective(settings: dict[str, Any], prune: bool) -> Any:
         return min(scores)
 
     return objective
+
+
+#: ``--space near-preset``: the values each keyword may take around the task's preset (``sample_near_preset``)
+NEAR_PRESET: dict[str, Any] = {
+    "next_action": ["sampled", "expected", "stored"],
+    "learning_rate": (2e-4, 4e-3),  # log-uniform
+    "batch_size": [64, 128, 256],
+    "train_freq": [4, 16, 64, 256],
+    "gradient_ratio": [0.25, 0.5, 1.0],  # gradient_steps = train_freq * gradient_ratio (at least 1)
+    "target_update_interval": (10, 5000),  # log-uniform integers
+    "gamma": [0.98, 0.99, 0.995],
+    "exploration_fraction": (0.05, 0.3),
+    "exploration_final_eps": (0.0, 0.06),
+    "net_arch": ["small", "medium"],
+}
+
+
+def sample_near_preset(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    """
+    ``--space near-preset``: DeepSARSA keywords from a space narrowed around rl-zoo's DQN entry for CartPole (the
+    package's first preset), with the MSE loss. rl-zoo3's DQN space (``--space zoo``) gave most CartPole trials a
+    greedy policy stuck on one action (the first study: 4 of 5 trials at 9.3, with learning rates below 1e-4, the
+    Huber loss or gamma near 1), so this space keeps each keyword within a factor of a few of the entry's value.
+
+    :param trial: the Optuna trial
+    :return: the keywords
+    """
+    space = NEAR_PRESET
+    train_freq = trial.suggest_categorical("train_freq", space["train_freq"])
+    ratio = trial.suggest_categorical("gradient_ratio", space["gradient_ratio"])
+    return {
+        "next_action": trial.suggest_categorical("next_action", space["next_action"]),
+        "loss": "mse",
+        "learning_rate": trial.suggest_float("learning_rate", *space["learning_rate"], log=True),
+        "batch_size": trial.suggest_categorical("batch_size", space["batch_size"]),
+        "train_freq": train_freq,
+        "gradient_steps": max(1, int(train_freq * ratio)),
+        "target_update_interval": trial.suggest_int("target_update_interval", *space["target_update_interval"], log=True),
+        "gamma": trial.suggest_categorical("gamma", space["gamma"]),
+        "exploration_fraction": trial.suggest_float("exploration_fraction", *space["exploration_fraction"]),
+        "exploration_final_eps": trial.suggest_float("exploration_final_eps", *space["exploration_final_eps"]),
+        "policy_kwargs": {"net_arch": NET_ARCHS[trial.suggest_categorical("net_arch", space["net_arch"])]},
+    }
+
+
+def near_preset_params(task: str) -> dict[str, Any]:
+    """The task's preset as parameters of ``--space near-preset`` (the study's first trial), clipped to the space."""
+    keywords = preset(task).hyperparameters
+    arch = keywords.get("policy_kwargs", {}).get("net_arch", [64, 64])
+    low, high = NEAR_PRESET["target_update_interval"]
+    return {
+        "next_action": keywords.get("next_action", "sampled"),
+        "learning_rate": float(np.clip(keywords.get("learning_rate", 1e-3), *NEAR_PRESET["learning_rate"])),
+        "batch_size": int(keywords.get("batch_size", 64)),
+        "train_freq": int(keywords.get("train_freq", 4)),
+        "gradient_ratio": float(keywords.get("gradient_steps", 1)) / float(keywords.get("train_freq", 4)),
+        "target_update_interval": int(np.clip(keywords.get("target_update_interval", 10), low, high)),
+        "gamma": float(keywords.get("gamma", 0.99)),
+        "exploration_fraction": float(keywords.get("exploration_fraction", 0.1)),
+        "exploration_final_eps": float(keywords.get("exploration_final_eps", 0.05)),
+        "net_arch": next((name for name, value in NET_ARCHS.items() if value == list(arch)), "medium"),
+    }
 
 
 def record(trial: optuna.Trial, scores: list[float], areas: list[float], curves: list[Any]) -> None:
@@ -247,7 +313,8 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
 
 def study_name(args: argparse.Namespace) -> str:
     """``--study-name``, or ``TASK-worst-of-K``."""
-    return str(args.study_name or f"{args.task}-worst-of-{args.seeds}")
+    space = getattr(args, "space", "zoo")
+    return str(args.study_name or f"{args.task}-worst-of-{args.seeds}" + ("" if space == "zoo" else f"-{space}"))
 
 
 def load(args: argparse.Namespace) -> optuna.Study:
@@ -282,15 +349,17 @@ def create_or_load(storage: optuna.storages.RDBStorage, name: str, settings: dic
             if not study.user_attrs:
                 for key, value in settings.items():
                     study.set_user_attr(key, value)
+                if settings["space"] == "near-preset" and not study.get_trials(deepcopy=False):
+                    study.enqueue_trial(near_preset_params(settings["task"]))  # the preset itself is trial 0
             break
         except SQLAlchemyError:
             if attempt == 9:
                 raise
             time.sleep(0.2 + 0.3 * attempt)
     options = {"task": "--task", "steps": "--steps", "eval_freq": "--eval-freq", "episodes": "--eval-episodes"}
-    options |= {"seeds": "--seeds", "objective": "(the objective)"}
+    options |= {"seeds": "--seeds", "objective": "(the objective)", "space": "--space"}
     for key, option in options.items():
-        stored = study.user_attrs.get(key)
+        stored = study.user_attrs.get(key, "zoo" if key == "space" and study.user_attrs else None)
         if stored is not None and stored != settings[key]:
             raise ValueError(
                 f"{option}: study {name!r} was run with {key}={stored!r}, not {settings[key]!r}; "
@@ -517,7 +586,8 @@ def preset_entry(study: optuna.Study) -> str:
         raise ValueError(f"study {study.study_name!r} has no complete trial yet")
     trial = best[0]
     task = str(study.user_attrs["task"])
-    hyperparameters = {**hyperparameters_of(task), **_converted(trial, task, int(study.user_attrs["steps"]))}
+    space = str(study.user_attrs.get("space", "zoo"))
+    hyperparameters = {**hyperparameters_of(task), **_converted(trial, task, int(study.user_attrs["steps"]), space)}
     trials = len(study.get_trials(deepcopy=False, states=FINISHED))
     scores = ", ".join(f"{s:.1f}" for s in trial.user_attrs.get("seed_scores", []))
     lines = [
@@ -542,10 +612,12 @@ def preset_entry(study: optuna.Study) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _converted(trial: FrozenTrial, task: str, steps: int) -> dict[str, Any]:
+def _converted(trial: FrozenTrial, task: str, steps: int, space: str = "zoo") -> dict[str, Any]:
     """The trial's DeepSARSA keywords, as its objective built them."""
     from deep_sarsa.zoo.sampler import convert_deep_sarsa_params
 
+    if space == "near-preset":
+        return sample_near_preset(optuna.trial.FixedTrial(trial.params))
     base = hyperparameters_of(task)
     converted = convert_deep_sarsa_params(trial.params, base.get("policy_kwargs"))
     if "learning_starts" in trial.user_attrs:
@@ -573,8 +645,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = commands.add_parser(name, help=text)
         command.add_argument("--task", required=True, choices=TUNABLE_TASKS)
         command.add_argument("--storage", help=storage_help + " (default: sqlite:///benchmarks/studies/TASK.db)")
-        command.add_argument("--study-name", help="default: TASK-worst-of-SEEDS")
+        command.add_argument("--study-name", help="default: TASK-worst-of-SEEDS, then -SPACE unless it is zoo")
         command.add_argument("--seeds", type=_positive(int), default=3, help="tuning seeds per trial (default 3)")
+        command.add_argument(
+            "--space",
+            choices=["zoo", "near-preset"],
+            default="zoo",
+            help="the search space: rl-zoo3's DQN space (default) or one narrowed around the preset, the preset first",
+        )
         parsers[name] = command
     study_parser = parsers["study"]
     study_parser.add_argument("--trials", type=_positive(int), required=True, help="finished trials the study should have")

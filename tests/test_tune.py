@@ -20,7 +20,7 @@ import harness
 import tune
 
 from deep_sarsa import DeepSARSA
-from deep_sarsa.presets import load_presets
+from deep_sarsa.presets import load_presets, preset
 
 ROOT = Path(__file__).parent.parent
 TUNE = ROOT / "benchmarks" / "tune.py"
@@ -112,6 +112,39 @@ def test_show_export_and_preset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     assert loaded.hyperparameters == expected
     assert loaded.n_timesteps == 50_000
     DeepSARSA("MlpPolicy", "CartPole-v1", device="cpu", **loaded.hyperparameters)
+
+
+def test_the_near_preset_space_starts_from_the_preset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[tuple[int, dict[str, Any]]] = []
+    fake_training(monkeypatch, calls)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["--task", "CartPole-v1", "--storage", storage, "--space", "near-preset"]
+    assert tune.main(["study", *common, "--trials", "6"]) == 0
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-3-near-preset", storage=storage)
+    assert study.user_attrs["space"] == "near-preset"
+    # trial 0 trains the package's preset (deep_sarsa.yml) as it is
+    first = calls[0][1]
+    wanted = preset("CartPole-v1").hyperparameters
+    assert {key: first[key] for key in wanted} == wanted
+    # the other trials stay inside the space, with every keyword a valid DeepSARSA keyword
+    space = tune.NEAR_PRESET
+    for _, keywords in calls[3::3]:
+        assert keywords["loss"] == "mse" and keywords["next_action"] in space["next_action"]
+        assert space["learning_rate"][0] <= keywords["learning_rate"] <= space["learning_rate"][1]
+        assert keywords["train_freq"] in space["train_freq"] and 1 <= keywords["gradient_steps"] <= keywords["train_freq"]
+        assert keywords["batch_size"] in space["batch_size"] and keywords["gamma"] in space["gamma"]
+        assert space["target_update_interval"][0] <= keywords["target_update_interval"] <= space["target_update_interval"][1]
+        DeepSARSA("MlpPolicy", "CartPole-v1", device="cpu", **keywords)
+    # the preset command gives back the keywords the best trial trained with
+    best = tune.best_trials(study, 1)[0]
+    trained = dict(calls[3 * best.number][1])
+    assert tune._converted(best, "CartPole-v1", 50_000, "near-preset") == {
+        key: trained[key] for key in tune._converted(best, "CartPole-v1", 50_000, "near-preset")
+    }
+    # a study of one space is not continued with another one
+    with pytest.raises(SystemExit) as exit_:
+        tune.main(["study", *common[:-1], "zoo", "--study-name", study.study_name, "--trials", "7"])
+    assert exit_.value.code == 2
 
 
 def run_tune(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,81 @@
+"""benchmarks/validate.py: the preset beside DQN on fresh seeds, its bars checked by hand-made results."""
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import harness
+import validate
+
+from deep_sarsa.presets import preset
+
+
+def result(algorithm: str, seed: int, returns: list[float], seconds: list[float], task: str = "CartPole-v1") -> dict[str, Any]:
+    return {
+        "task": task,
+        "algorithm": algorithm,
+        "seed": seed,
+        "curve": [[5000 * (i + 1), value, 0.0] for i, value in enumerate(returns)],
+        "curve_seconds": seconds,
+        "train_seconds": seconds[-1] + 1.0,
+        "machine": "test machine",
+        "commit": "abc",
+    }
+
+
+def test_time_to_solve_is_the_first_evaluation_at_the_threshold() -> None:
+    run = result("dqn", 0, [10, 480, 470, 500], [1, 2, 3, 4])
+    assert validate.time_to_solve(run, 475.0) == 2.0
+    assert validate.time_to_solve(run, 501.0) == math.inf
+    assert validate.time_to_solve(run, None) == math.inf
+    assert validate.threshold_of("CartPole-v1") == 475.0 and validate.threshold_of("CliffWalking-v1") is None
+
+
+def write(runs: Path, results: list[dict[str, Any]]) -> None:
+    for r in results:
+        path = harness.job_path(runs, r["task"], r["algorithm"], r["seed"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r))
+
+
+def test_report_checks_the_preset_against_dqn(tmp_path: Path) -> None:
+    # DQN: finals 500, 400, 300, 200 (median 350, IQR [275, 425]); solves at 40 s on its first seed only
+    dqn = [result("dqn", s, [100, 100, 100, 500 - 100 * s], [10, 20, 30, 40]) for s in range(4)]
+    # the preset: finals 500, 500, 500, 490 (median 500, IQR [497.5, 500]), at 475 from its 2nd evaluation (20 s)
+    ours = [result("sarsa-preset", s, [100, 480, 490, 500 - 10 * (s == 3)], [10, 20, 30, 40]) for s in range(4)]
+    write(tmp_path, dqn + ours)
+    output = tmp_path / "validation.md"
+    assert validate.main(["report", "--runs", str(tmp_path), "--output", str(output)]) == 0
+    text = output.read_text()
+    assert "| CartPole-v1 | dqn | 4 | 350.0 [275.0, 425.0] |" in text
+    assert "| CartPole-v1 | sarsa-preset | 4 | 500.0 [497.5, 500.0] |" in text
+    # times: DQN 40, never, never, never -> median never; the preset 20 s for every seed
+    assert "median time to solve 20 s <= half DQN's never: yes" in text
+    assert "median final 500.0 >= DQN's 350.0: yes" in text and "IQR width 2.5 <= DQN's 150.0: yes" in text
+    # last 20% (the last evaluation of 4): 500, 500, 500, 490 -> all >= 475; 3 of 4 at 500 (ceil(3.6) = 4 needed)
+    assert "3/4 seeds at 500 at the end (>= 4): NO" in text and "4/4 seeds >= 475 over the last 20% (>= 4): yes" in text
+    assert output.with_suffix(".png").stat().st_size > 1000
+
+
+def test_report_without_both_algorithms_names_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, [result("dqn", 0, [1.0], [1.0])])
+    with pytest.raises(SystemExit) as exit_:
+        validate.main(["report", "--runs", str(tmp_path), "--output", str(tmp_path / "v.md")])
+    assert exit_.value.code == 2
+    assert f"--runs {tmp_path}: no task has results of both" in capsys.readouterr().err
+
+
+def test_a_preset_job_trains_the_preset_and_times_its_evaluations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(harness.TASKS, "CartPole-v1", dict(steps=600, eval_freq=200, reference="rl-zoo DQN 500"))
+    run = json.loads(harness.run_job(("CartPole-v1", "sarsa-preset", 0, 1, tmp_path)).read_text())
+    expected = preset("CartPole-v1").hyperparameters
+    assert run["hyperparameters"] == {key: str(value) for key, value in expected.items()}
+    assert "next_action" in run["hyperparameters"]
+    seconds = run["curve_seconds"]
+    assert len(seconds) == len(run["curve"]) == 3
+    assert 0 < seconds[0] < seconds[1] < seconds[2] <= run["train_seconds"] + 1e-6
