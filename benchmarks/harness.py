@@ -186,8 +186,20 @@ def train_job(job: Job, runs: Path) -> dict[str, Any]:
         "steps_per_second": model.num_timesteps / train_seconds,
         "hyperparameters": {k: str(v) for k, v in hyperparameters.items()},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, one torch thread per job",
+        "cpu": cpu_model(),
         "commit": _commit(),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` shows it), or ``platform.processor()`` elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def write_result(runs: Path, result: dict[str, Any]) -> Path:

@@ -134,8 +134,8 @@ def report(args: argparse.Namespace) -> int:
         raise ValueError(f"--runs {args.runs}: no task has results of both {ALGORITHMS}; run `validate.py run` first")
     rows = [
         "| task | algorithm | seeds | final: median [IQR] | last 20%: min / median | solved (last 20% >= threshold) "
-        "| median time to solve | train s (median) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| at 500 at the end (CartPole) | median time to solve | train s (median) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     verdicts = []
     figure, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.2 * len(tasks)), squeeze=False)
@@ -145,9 +145,11 @@ def report(args: argparse.Namespace) -> int:
         for algorithm in ALGORITHMS:
             n = numbers[algorithm]
             solved = "n/a" if n["solved_last"] is None else f"{n['solved_last']}/{n['seeds']} (>= {threshold:g})"
+            at_max = "n/a" if n["at_max_end"] is None else f"{n['at_max_end']}/{n['seeds']}"
             rows.append(
                 f"| {task} | {algorithm} | {n['seeds']} | {n['final_median']:.1f} [{n['final_iqr'][0]:.1f}, "
                 f"{n['final_iqr'][1]:.1f}] | {min(n['last_scores']):.1f} / {np.median(n['last_scores']):.1f} | {solved} "
+                f"| {at_max} "
                 f"| {seconds(n['time_median'])} | {n['train_seconds']:.0f} |"
             )
         bars = checks(task, numbers["sarsa-preset"], numbers["dqn"])
@@ -194,7 +196,9 @@ def report(args: argparse.Namespace) -> int:
             "",
             f"![curves]({args.output.with_suffix('.png').name})",
             "",
-            f"Machine: {first['machine']} (two jobs at a time, one per core), commit {first['commit']}.",
+            f"Machine: {first.get('cpu', 'CPU model not recorded')}, {first['machine']} (two jobs at a time, one per "
+            f"core), commit {first['commit']}; each "
+            "result file (`benchmarks/validation/TASK/ALGORITHM/seedN.json`) keeps the hyperparameters it trained with.",
             "",
             f"Reproduce: `python benchmarks/validate.py run --tasks {' '.join(tasks)} --seeds "
             f"{max(len(grouped[t, a]) for t in tasks for a in ALGORITHMS)} --workers 2`, then "

@@ -1,5 +1,7 @@
 """The shipped presets file: rl-zoo's format, valid DeepSARSA keywords, rl-zoo's DQN values where it says so."""
 
+import re
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -8,6 +10,7 @@ import pytest
 from deep_sarsa import DeepSARSA
 from deep_sarsa.presets import PRESETS_FILE, RL_ZOO_DQN, load_presets, parse_policy_kwargs, preset
 
+ROOT = Path(__file__).parent.parent
 TASKS = ["CartPole-v1", "Acrobot-v1", "MountainCar-v0", "LunarLander-v3", "Taxi-v4", "CliffWalking-v1"]
 
 
@@ -30,16 +33,43 @@ def test_each_entry_builds_a_model(env_id: str) -> None:
     assert model.policy.net_arch == entry.hyperparameters["policy_kwargs"]["net_arch"]
 
 
-@pytest.mark.parametrize("env_id", sorted(RL_ZOO_DQN))
+def study_of(env_id: str) -> str | None:
+    """The study an entry's note says it was found by (benchmarks/tune.py), None for the others."""
+    text = PRESETS_FILE.read_text()
+    block = text[text.index(f"\n{env_id}:\n") :].split("\n\n")[0]
+    match = re.search(r"# found by study '([^']+)'", block)
+    return match[1] if match else None
+
+
+@pytest.mark.parametrize("env_id", sorted(env_id for env_id in RL_ZOO_DQN if study_of(env_id) is None))
 def test_classic_control_entries_keep_rl_zoos_dqn_values(env_id: str) -> None:
     hyperparameters = dict(preset(env_id).hyperparameters)
     del hyperparameters["next_action"]
     assert hyperparameters == RL_ZOO_DQN[env_id]
 
 
+@pytest.mark.parametrize("env_id", sorted(env_id for env_id in TASKS if study_of(env_id) is not None))
+def test_tuned_entries_are_the_best_trial_of_their_study(env_id: str) -> None:
+    # the study is kept in the repository (benchmarks/studies/TASK.db): its best trial gives the entry, as
+    # `tune.py preset` writes it, on top of the harness's entry for the task
+    optuna = pytest.importorskip("optuna")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tune
+
+    storage = f"sqlite:///{ROOT / 'benchmarks' / 'studies' / (env_id + '.db')}"
+    study = optuna.load_study(study_name=study_of(env_id), storage=storage)
+    best = tune.best_trials(study, 1)[0]
+    assert best.value is not None and best.value >= 475.0  # the objective: the worst tuning seed's last 20%
+    space = str(study.user_attrs.get("space", "zoo"))
+    expected = {**tune.hyperparameters_of(env_id), **tune._converted(best, env_id, int(study.user_attrs["steps"]), space)}
+    assert preset(env_id).hyperparameters == expected
+    assert preset(env_id).n_timesteps == study.user_attrs["steps"]
+
+
 def test_preset_is_a_fresh_copy() -> None:
+    net_arch = list(preset("CartPole-v1").hyperparameters["policy_kwargs"]["net_arch"])
     preset("CartPole-v1").hyperparameters["policy_kwargs"]["net_arch"].append(7)
-    assert preset("CartPole-v1").hyperparameters["policy_kwargs"] == {"net_arch": [256, 256]}
+    assert preset("CartPole-v1").hyperparameters["policy_kwargs"] == {"net_arch": net_arch}
 
 
 def test_unknown_env_id_lists_the_presets() -> None:

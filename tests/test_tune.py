@@ -171,7 +171,10 @@ def test_two_workers_share_one_study(backend: str, tmp_path: Path, request: pyte
     # PostgreSQL: a fresh database on the test server (conftest.py; skipped outside CI where there is none)
     storage = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     # both start together on a storage without a study (or, for SQLite, a file): they race to create it
-    command = ["study", "--task", "CartPole-v1", "--trials", "6", "--seeds", "2", "--storage", storage, "--no-prune", *TINY]
+    # trials of 400 steps (about a second each, under load): long enough that the second worker, however late its
+    # imports are done, finds trials left to run
+    budget = ["--steps", "400", "--eval-freq", "200", "--eval-episodes", "1"]
+    command = ["study", "--task", "CartPole-v1", "--trials", "6", "--seeds", "2", "--storage", storage, "--no-prune", *budget]
     workers = [start_tune(*command) for _ in range(2)]
     outputs = [worker.communicate(timeout=180)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
