@@ -22,6 +22,7 @@ import torch as th
 from deep_sarsa import DeepSARSA
 from deep_sarsa.checkpoint import latest_checkpoint, load_checkpoint
 from deep_sarsa.cli import json_value, main
+from deep_sarsa.presets import preset
 
 TINY = [
     "--timesteps",
@@ -61,8 +62,9 @@ def test_run_json_stores_json_values_not_reprs(run: Path) -> None:
     assert settings["env_id"] == "CartPole-v1" and settings["timesteps"] == 600
     hyperparameters = settings["hyperparameters"]
     assert hyperparameters["next_action"] == "stored"  # was "'stored'"
-    assert hyperparameters["learning_rate"] == 0.0023  # rl-zoo's preset, then overrides
-    assert hyperparameters["train_freq"] == 4 and hyperparameters["policy_kwargs"] == {"net_arch": [256, 256]}
+    entry = preset("CartPole-v1").hyperparameters
+    assert hyperparameters["learning_rate"] == entry["learning_rate"]  # the package's preset, then overrides
+    assert hyperparameters["train_freq"] == 4 and hyperparameters["policy_kwargs"] == entry["policy_kwargs"]
 
 
 def test_json_value_turns_tuples_into_lists() -> None:

@@ -87,7 +87,7 @@ def test_train_without_conf_reads_the_package_yml(in_tmp: Path) -> None:
         assert config[key] == entry[key], key
     model = DeepSARSA.load(folder / "CartPole-v1.zip")
     # the yml's train_freq of 256 steps rounds 300 up to two rollouts
-    assert model.num_timesteps == 512 and model.next_action == "sampled" and model.batch_size == 64
+    assert model.num_timesteps == 512 and model.next_action == entry["next_action"] and model.batch_size == entry["batch_size"]
 
 
 def test_an_env_without_an_entry_uses_the_default_entry(in_tmp: Path) -> None:
