@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
@@ -48,7 +49,8 @@ def main() -> None:
 
     env = Monitor(gym.make(ENV_ID))
     env.reset(seed=args.eval_seed)  # the episodes that follow are the same on every run
-    mean, std = evaluate_policy(loaded, env, n_eval_episodes=args.episodes, deterministic=True)
+    returns, _ = evaluate_policy(loaded, env, n_eval_episodes=args.episodes, deterministic=True, return_episode_rewards=True)
+    mean, std = float(np.mean(returns)), float(np.std(returns))
     threshold = float(gym.spec(ENV_ID).reward_threshold or 0.0)
     verdict = f"solved (>= {threshold:g})" if mean >= threshold else f"not solved (< {threshold:g})"
     print(
