@@ -234,11 +234,17 @@ def sample_near_preset(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
 
 
 def near_preset_params(task: str) -> dict[str, Any]:
-    """The task's preset as parameters of ``--space near-preset`` (the study's first trial), clipped to the space."""
+    """
+    The task's preset as parameters of ``--space near-preset`` (the study's first trial).
+
+    :param task: a task with a preset
+    :return: the parameters
+    :raise ValueError: where the preset is not a point of the space
+    """
     keywords = preset(task).hyperparameters
     arch = keywords.get("policy_kwargs", {}).get("net_arch", [64, 64])
     low, high = NEAR_PRESET["target_update_interval"]
-    return {
+    params = {
         "next_action": keywords.get("next_action", "sampled"),
         "learning_rate": float(np.clip(keywords.get("learning_rate", 1e-3), *NEAR_PRESET["learning_rate"])),
         "batch_size": int(keywords.get("batch_size", 64)),
@@ -250,6 +256,17 @@ def near_preset_params(task: str) -> dict[str, Any]:
         "exploration_final_eps": float(keywords.get("exploration_final_eps", 0.05)),
         "net_arch": next((name for name, value in NET_ARCHS.items() if value == list(arch)), "medium"),
     }
+    try:
+        keywords_back = sample_near_preset(optuna.trial.FixedTrial(params))
+    except ValueError as error:  # a value that is not one of a categorical's choices
+        raise ValueError(f"--space near-preset: the preset of {task} is outside the space ({error})") from None
+    differ = {key: keywords[key] for key, value in keywords_back.items() if key in keywords and keywords[key] != value}
+    if differ:
+        raise ValueError(
+            f"--space near-preset: the preset of {task} is outside the space (its {differ}); the space is centred "
+            "on CartPole's entry: widen tune.NEAR_PRESET for this task"
+        )
+    return params
 
 
 def record(trial: optuna.Trial, scores: list[float], areas: list[float], curves: list[Any]) -> None:
@@ -328,7 +345,9 @@ def load(args: argparse.Namespace) -> optuna.Study:
         raise ValueError(f"--study-name: no study {name!r} in {shown(storage_url(args))} (it has {names})") from None
 
 
-def create_or_load(storage: optuna.storages.RDBStorage, name: str, settings: dict[str, Any], prune: bool) -> optuna.Study:
+def create_or_load(
+    storage: optuna.storages.RDBStorage, name: str, settings: dict[str, Any], prune: bool, first: dict[str, Any] | None = None
+) -> optuna.Study:
     """
     Create the study (its settings as user attributes) unless it exists; an existing one must have the same settings.
 
@@ -336,6 +355,7 @@ def create_or_load(storage: optuna.storages.RDBStorage, name: str, settings: dic
     :param name: the study's name
     :param settings: the study's settings (:func:`settings_of`)
     :param prune: whether to prune hopeless trials
+    :param first: the parameters of a new study's first trial (None: none enqueued)
     :return: the study
     """
     pruner: optuna.pruners.BasePruner = (
@@ -349,8 +369,8 @@ def create_or_load(storage: optuna.storages.RDBStorage, name: str, settings: dic
             if not study.user_attrs:
                 for key, value in settings.items():
                     study.set_user_attr(key, value)
-                if settings["space"] == "near-preset" and not study.get_trials(deepcopy=False):
-                    study.enqueue_trial(near_preset_params(settings["task"]))  # the preset itself is trial 0
+                if first is not None and not study.get_trials(deepcopy=False):
+                    study.enqueue_trial(first)
             break
         except SQLAlchemyError:
             if attempt == 9:
@@ -435,7 +455,9 @@ def _work_on(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     storage = open_storage(storage_url(args), heartbeat=args.heartbeat)
     name = study_name(args)
-    study = create_or_load(storage, name, settings, prune=not args.no_prune)
+    # near-preset: the preset itself is the study's first trial (checked before the study is created)
+    first = near_preset_params(settings["task"]) if settings["space"] == "near-preset" else None
+    study = create_or_load(storage, name, settings, prune=not args.no_prune, first=first)
     with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # study.optimize does it again before each trial

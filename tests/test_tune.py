@@ -147,6 +147,16 @@ def test_the_near_preset_space_starts_from_the_preset(monkeypatch: pytest.Monkey
     assert exit_.value.code == 2
 
 
+def test_near_preset_refuses_a_preset_outside_its_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Acrobot's preset trains every step (gradient_steps=-1): not a point of the CartPole-centred space
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with pytest.raises(SystemExit) as exit_:
+        tune.main(["study", "--task", "Acrobot-v1", "--space", "near-preset", "--storage", storage, "--trials", "1"])
+    assert exit_.value.code == 2
+    assert "--space near-preset: the preset of Acrobot-v1 is outside the space" in capsys.readouterr().err
+    assert not (tmp_path / "study.db").exists() or not optuna.get_all_study_summaries(storage)  # no study was created
+
+
 def run_tune(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
