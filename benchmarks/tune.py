@@ -165,7 +165,7 @@ def make_objective(settings: dict[str, Any], prune: bool) -> Any:
 
     def objective(trial: optuna.Trial) -> float:
         if settings.get("space", "zoo") == "near-preset":
-            sampled = sample_near_preset(trial)
+            sampled = sample_near_preset(trial, task)
         else:
             with experiment_settings(base, steps):
                 sampled = sample_deep_sarsa_params(trial, n_actions, 1, {})
@@ -190,7 +190,7 @@ def make_objective(settings: dict[str, Any], prune: bool) -> Any:
     return objective
 
 
-#: ``--space near-preset``: the values each keyword may take around the task's preset (``sample_near_preset``)
+#: ``--space near-preset``: the values each keyword may take around CartPole's preset (``sample_near_preset``)
 NEAR_PRESET: dict[str, Any] = {
     "next_action": ["sampled", "expected", "stored"],
     "learning_rate": (2e-4, 4e-3),  # log-uniform
@@ -204,18 +204,62 @@ NEAR_PRESET: dict[str, Any] = {
     "net_arch": ["small", "medium"],
 }
 
+#: Per task, the ranges of ``--space near-preset`` that differ from :data:`NEAR_PRESET`'s, centred on the task's
+#: preset (rl-zoo's DQN entry): each keyword within a few times the entry's value, the entry itself a point of it.
+#: CartPole's space is :data:`NEAR_PRESET` (its study's trials were sampled from it).
+NEAR_PRESET_OF: dict[str, dict[str, Any]] = {
+    # rl-zoo: lr 6.3e-4, batch 128, train_freq 4 with gradient_steps -1 (one per step), target every 250, gamma
+    # 0.99, exploration over 12% down to 0.1, [256, 256]
+    "Acrobot-v1": {
+        "learning_rate": (1e-4, 3e-3),
+        "train_freq": [1, 4, 16],
+        "gradient_ratio": [0.5, 1.0],
+        "target_update_interval": (50, 2000),
+        "exploration_final_eps": (0.01, 0.15),
+        "net_arch": ["small", "medium"],
+    },
+    "LunarLander-v3": {
+        "learning_rate": (1e-4, 3e-3),
+        "train_freq": [1, 4, 16],
+        "gradient_ratio": [0.5, 1.0],
+        "target_update_interval": (50, 2000),
+        "gamma": [0.98, 0.99, 0.995, 0.999],
+        "exploration_final_eps": (0.01, 0.15),
+        "net_arch": ["medium", "big"],
+    },
+    # rl-zoo: lr 4e-3, batch 128, train_freq 16 with 8 gradient steps, target every 600, gamma 0.98, exploration
+    # over 20% down to 0.07, [256, 256]
+    "MountainCar-v0": {
+        "learning_rate": (1e-3, 1e-2),
+        "train_freq": [4, 16, 64],
+        "target_update_interval": (100, 3000),
+        "gamma": [0.98, 0.99],
+        "exploration_fraction": (0.1, 0.4),
+        "exploration_final_eps": (0.02, 0.15),
+    },
+}
 
-def sample_near_preset(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+
+def near_preset_space(task: str) -> dict[str, Any]:
     """
-    ``--space near-preset``: DeepSARSA keywords from a space narrowed around rl-zoo's DQN entry for CartPole (the
-    package's first preset), with the MSE loss. rl-zoo3's DQN space (``--space zoo``) gave most CartPole trials a
-    greedy policy stuck on one action (the first study: 4 of 5 trials at 9.3, with learning rates below 1e-4, the
-    Huber loss or gamma near 1), so this space keeps each keyword within a factor of a few of the entry's value.
+    :param task: the study's task
+    :return: its ``--space near-preset``: :data:`NEAR_PRESET` with the task's ranges of :data:`NEAR_PRESET_OF`
+    """
+    return {**NEAR_PRESET, **NEAR_PRESET_OF.get(task, {})}
+
+
+def sample_near_preset(trial: optuna.trial.BaseTrial, task: str = "CartPole-v1") -> dict[str, Any]:
+    """
+    ``--space near-preset``: DeepSARSA keywords from a space narrowed around the task's preset (rl-zoo's DQN
+    entry), with the MSE loss. rl-zoo3's DQN space (``--space zoo``) gave most CartPole trials a greedy policy
+    stuck on one action (the first study: 4 of 5 trials at 9.3, with learning rates below 1e-4, the Huber loss or
+    gamma near 1), so this space keeps each keyword within a factor of a few of the entry's value.
 
     :param trial: the Optuna trial
+    :param task: the study's task (its space: :func:`near_preset_space`)
     :return: the keywords
     """
-    space = NEAR_PRESET
+    space = near_preset_space(task)
     train_freq = trial.suggest_categorical("train_freq", space["train_freq"])
     ratio = trial.suggest_categorical("gradient_ratio", space["gradient_ratio"])
     return {
@@ -235,36 +279,45 @@ def sample_near_preset(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
 
 def near_preset_params(task: str) -> dict[str, Any]:
     """
-    The task's preset as parameters of ``--space near-preset`` (the study's first trial).
+    The task's preset as parameters of ``--space near-preset`` (the study's first trial). ``gradient_steps=-1``
+    (as many gradient steps as env steps; the tuning env is a single one) is the ratio 1.
 
     :param task: a task with a preset
     :return: the parameters
-    :raise ValueError: where the preset is not a point of the space
+    :raise ValueError: where the preset is not a point of the task's space
     """
     keywords = preset(task).hyperparameters
+    space = near_preset_space(task)
     arch = keywords.get("policy_kwargs", {}).get("net_arch", [64, 64])
-    low, high = NEAR_PRESET["target_update_interval"]
+    train_freq = int(keywords.get("train_freq", 4))
+    if keywords.get("gradient_steps", 1) == -1:
+        keywords["gradient_steps"] = train_freq
     params = {
         "next_action": keywords.get("next_action", "sampled"),
-        "learning_rate": float(np.clip(keywords.get("learning_rate", 1e-3), *NEAR_PRESET["learning_rate"])),
+        "learning_rate": float(keywords.get("learning_rate", 1e-3)),
         "batch_size": int(keywords.get("batch_size", 64)),
-        "train_freq": int(keywords.get("train_freq", 4)),
-        "gradient_ratio": float(keywords.get("gradient_steps", 1)) / float(keywords.get("train_freq", 4)),
-        "target_update_interval": int(np.clip(keywords.get("target_update_interval", 10), low, high)),
+        "train_freq": train_freq,
+        "gradient_ratio": float(keywords.get("gradient_steps", 1)) / float(train_freq),
+        "target_update_interval": int(keywords.get("target_update_interval", 10)),
         "gamma": float(keywords.get("gamma", 0.99)),
         "exploration_fraction": float(keywords.get("exploration_fraction", 0.1)),
         "exploration_final_eps": float(keywords.get("exploration_final_eps", 0.05)),
         "net_arch": next((name for name, value in NET_ARCHS.items() if value == list(arch)), "medium"),
     }
+    outside = {
+        key: params[key]
+        for key in ("learning_rate", "target_update_interval", "exploration_fraction", "exploration_final_eps")
+        if not space[key][0] <= params[key] <= space[key][1]
+    }
     try:
-        keywords_back = sample_near_preset(optuna.trial.FixedTrial(params))
+        keywords_back = sample_near_preset(optuna.trial.FixedTrial(params), task)
     except ValueError as error:  # a value that is not one of a categorical's choices
         raise ValueError(f"--space near-preset: the preset of {task} is outside the space ({error})") from None
-    differ = {key: keywords[key] for key, value in keywords_back.items() if key in keywords and keywords[key] != value}
-    if differ:
+    outside |= {key: keywords[key] for key, value in keywords_back.items() if key in keywords and keywords[key] != value}
+    if outside:
         raise ValueError(
-            f"--space near-preset: the preset of {task} is outside the space (its {differ}); the space is centred "
-            "on CartPole's entry: widen tune.NEAR_PRESET for this task"
+            f"--space near-preset: the preset of {task} is outside the space (its {outside}): add the task's ranges "
+            "to tune.NEAR_PRESET_OF"
         )
     return params
 
@@ -639,7 +692,7 @@ def _converted(trial: FrozenTrial, task: str, steps: int, space: str = "zoo") ->
     from deep_sarsa.zoo.sampler import convert_deep_sarsa_params
 
     if space == "near-preset":
-        return sample_near_preset(optuna.trial.FixedTrial(trial.params))
+        return sample_near_preset(optuna.trial.FixedTrial(trial.params), task)
     base = hyperparameters_of(task)
     converted = convert_deep_sarsa_params(trial.params, base.get("policy_kwargs"))
     if "learning_starts" in trial.user_attrs:

@@ -147,13 +147,44 @@ def test_the_near_preset_space_starts_from_the_preset(monkeypatch: pytest.Monkey
     assert exit_.value.code == 2
 
 
+@pytest.mark.parametrize("task", ["Acrobot-v1", "MountainCar-v0"])
+def test_each_task_has_a_near_preset_space_around_its_own_preset(
+    task: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def train(task_: str, hyperparameters: dict[str, Any], seed: int, steps: int, eval_freq: int, episodes: int) -> Any:
+        assert task_ == task
+        calls.append(hyperparameters)
+        return curve(*[-100.0] * 10)
+
+    monkeypatch.setattr(tune, "train_seed", train)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert tune.main(["study", "--task", task, "--storage", storage, "--space", "near-preset", "--trials", "4"]) == 0
+    # trial 0 trains the package's preset (deep_sarsa.yml) as it is; -1 gradient steps (one per env step, one env)
+    # is the same as train_freq gradient steps
+    wanted = preset(task).hyperparameters
+    if wanted["gradient_steps"] == -1:
+        wanted["gradient_steps"] = wanted["train_freq"]
+    assert {key: calls[0][key] for key in wanted} == wanted
+    # the other trials stay inside the task's own space (its preset is not inside CartPole's)
+    space = tune.near_preset_space(task)
+    assert space != tune.NEAR_PRESET
+    for keywords in calls[3::3]:
+        assert space["learning_rate"][0] <= keywords["learning_rate"] <= space["learning_rate"][1]
+        assert keywords["train_freq"] in space["train_freq"] and keywords["gamma"] in space["gamma"]
+        low, high = space["exploration_final_eps"]
+        assert low <= keywords["exploration_final_eps"] <= high
+        DeepSARSA("MlpPolicy", task, device="cpu", **keywords)
+
+
 def test_near_preset_refuses_a_preset_outside_its_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Acrobot's preset trains every step (gradient_steps=-1): not a point of the CartPole-centred space
+    # Taxi's preset is a Q-table trained every step (train_freq=1): no near-preset space has that value
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     with pytest.raises(SystemExit) as exit_:
-        tune.main(["study", "--task", "Acrobot-v1", "--space", "near-preset", "--storage", storage, "--trials", "1"])
+        tune.main(["study", "--task", "Taxi-v4", "--space", "near-preset", "--storage", storage, "--trials", "1"])
     assert exit_.value.code == 2
-    assert "--space near-preset: the preset of Acrobot-v1 is outside the space" in capsys.readouterr().err
+    assert "--space near-preset: the preset of Taxi-v4 is outside the space" in capsys.readouterr().err
     assert not (tmp_path / "study.db").exists() or not optuna.get_all_study_summaries(storage)  # no study was created
 
 
