@@ -39,6 +39,7 @@ PAIRED: dict[str, tuple[str, ...]] = {
     "zero_grad": ("train",),
     "clip_grad_norm": ("train",),
     "target_batching": ("train",),
+    "batched_sampling": ("train",),
 }
 
 
@@ -126,7 +127,7 @@ def main_paired(args: argparse.Namespace) -> str:
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for repetition in range(args.repetitions):
         for setting in args.settings:
-            for piece in PAIRED:
+            for piece in args.pieces:
                 saving, rate = paired_saving(piece, setting, args.steps, seed=repetition, next_action=args.next_action)
                 results.setdefault((setting, piece), []).append((saving, rate))
                 print(f"rep {repetition} {setting:>5} {piece:>16}: saves {saving:+.1%} ({rate:.0f} steps/s)", flush=True)
@@ -137,7 +138,7 @@ def main_paired(args: argparse.Namespace) -> str:
         "|---|---|---:|---:|",
     ]
     for setting in args.settings:
-        for piece in PAIRED:
+        for piece in args.pieces:
             savings = [saving for saving, _ in results[(setting, piece)]]
             spread = f"{min(savings):+.1%} – {max(savings):+.1%}"
             lines.append(f"| {setting} | `{piece}` | {statistics.median(savings):+.1%} | {spread} |")
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--pieces", nargs="+", default=list(PAIRED), choices=list(PAIRED), help="--mode paired: these only")
     parser.add_argument("--next-action", default="sampled", choices=["sampled", "expected", "stored"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--output", type=Path, default=None, help="write the markdown table here")

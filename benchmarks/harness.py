@@ -187,7 +187,7 @@ def train_job(job: Job, runs: Path) -> dict[str, Any]:
         "hyperparameters": {k: str(v) for k, v in hyperparameters.items()},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, one torch thread per job",
         "cpu": cpu_model(),
-        "commit": _commit(),
+        "commit": CODE_COMMIT,
     }
 
 
@@ -217,13 +217,30 @@ def run_job(job: tuple[str, str, int, int, Path]) -> Path:
 
 
 def _commit() -> str:
-    """The git commit of this checkout (``unknown`` outside git), recorded with each result."""
+    """
+    The git commit of this checkout (``unknown`` outside git), with ``+changes`` where the package's tracked files or the
+    benchmarks' tracked Python files differ from it. Read when this module is imported (:data:`CODE_COMMIT`): a worker
+    runs the code it imported, whatever is committed later.
+    """
+    folder = Path(__file__).parent
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "../deep_sarsa", "*.py"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return commit + ("+changes" if changed else "")
+
+
+#: the commit of the code this process runs (:func:`_commit`, at import)
+CODE_COMMIT = _commit()
 
 
 def jobs_of(args: argparse.Namespace) -> list[Job]:

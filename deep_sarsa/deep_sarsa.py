@@ -461,6 +461,17 @@ class DeepSARSA(OffPolicyAlgorithm):
             )
         return samples, next_state
 
+    def _sample_many(self, batch_size: int, count: int) -> list[tuple[Samples, NextState]] | None:
+        """
+        ``count`` minibatches drawn at once as :meth:`_sample` draws them one after the other
+        (``fast.sample_minibatches``), or None where that does not apply.
+        """
+        assert self.replay_buffer is not None
+        if self.next_action == "stored" or self._masking:
+            return None
+        minibatches = fast.sample_minibatches(self.replay_buffer, batch_size, count, self._vec_normalize_env)
+        return None if minibatches is None else [(minibatch, NextState()) for minibatch in minibatches]
+
     def _td_target(self, replay_data: Samples, next_state: NextState, next_q_target: th.Tensor | None = None) -> th.Tensor:
         """
         The SARSA target ``r + γ·Q_target(s', a')`` of a minibatch (no gradient).
@@ -507,6 +518,7 @@ class DeepSARSA(OffPolicyAlgorithm):
             gradient_steps,
             self.observation_space,
             batch_size,
+            lambda count: self._sample_many(batch_size, count),
         )
         for (replay_data, next_state), next_q_target in minibatches:
             with th.no_grad():

@@ -8,10 +8,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from stable_baselines3.dqn import DQN
 
 from deep_sarsa import DeepSARSA, fast
@@ -454,3 +458,59 @@ def test_a_deep_copy_of_the_model_uses_its_own_networks() -> None:
     copied = copy.deepcopy(model)
     assert copied._online_forward.network is copied.q_net and copied._target_forward.network is copied.q_net_target
     assert all(a is b for a, b in zip(copied._policy_parameters, copied.policy.parameters(), strict=True))
+
+
+def filled_buffer(rows: int, **kwargs: Any) -> ReplayBuffer:
+    """A replay buffer of 1-d observations holding ``rows`` random transitions."""
+    observation_space, action_space = spaces.Box(-1, 1, (3,), np.float32), spaces.Discrete(4)
+    buffer = ReplayBuffer(50, observation_space, action_space, device="cpu", **kwargs)
+    rng = np.random.default_rng(0)
+    for _ in range(rows):
+        obs, next_obs = rng.normal(size=(2, 1, 3)).astype(np.float32)
+        buffer.add(obs, next_obs, rng.integers(4, size=(1, 1)), rng.normal(size=1), rng.random(1) < 0.2, [{}])
+    return buffer
+
+
+@pytest.mark.parametrize(
+    "rows, kwargs",
+    [(30, {}), (80, {}), (80, dict(optimize_memory_usage=True, handle_timeout_termination=False))],
+    ids=["not full", "full", "one array for obs and next obs"],
+)
+@pytest.mark.parametrize("normalized", [False, True], ids=["raw", "VecNormalize"])
+def test_batched_sampling_draws_the_minibatches_that_sampling_one_at_a_time_draws(
+    rows: int, kwargs: dict, normalized: bool
+) -> None:
+    buffer = filled_buffer(rows, **kwargs)
+    env = None
+    if normalized:  # running statistics away from 0 and 1, so that normalizing changes the samples
+        env = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]))
+        statistics: Any = env.obs_rms
+        statistics.mean, statistics.var = np.array([0.5, -0.2, 1.0]), np.array([4.0, 0.25, 2.0])
+        env.ret_rms.var = np.array(9.0)
+    np.random.seed(3)
+    one_at_a_time = [buffer.sample(7, env) for _ in range(5)]
+    next_draw = np.random.random()
+    np.random.seed(3)
+    batched = fast.sample_minibatches(buffer, 7, 5, env)
+    assert batched is not None and len(batched) == 5
+    assert np.random.random() == next_draw  # the generator ends where five samples leave it
+    for joined, single in zip(batched, one_at_a_time, strict=True):
+        for field, expected in zip(joined, single, strict=True):
+            assert (field is None and expected is None) or (
+                field is not None and expected is not None and th.equal(field, expected)
+            )
+    assert len({minibatch.observations[0, 0].item() for minibatch in batched}) > 1  # not one minibatch five times
+
+
+def test_batched_sampling_leaves_other_buffers_to_one_at_a_time_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    class OwnSampling(ReplayBuffer):
+        pass
+
+    buffer = filled_buffer(30)
+    assert fast.sample_minibatches(buffer, 7, 1) is None  # one minibatch: nothing to join
+    two_envs = ReplayBuffer(50, spaces.Box(-1, 1, (3,), np.float32), spaces.Discrete(4), n_envs=2)
+    assert fast.sample_minibatches(two_envs, 7, 5) is None  # SB3 draws an env column per sample
+    subclass = OwnSampling(50, spaces.Box(-1, 1, (3,), np.float32), spaces.Discrete(4))
+    assert fast.sample_minibatches(subclass, 7, 5) is None
+    monkeypatch.setattr(fast, "PLAIN", {"batched_sampling"})
+    assert fast.sample_minibatches(buffer, 7, 5) is None
