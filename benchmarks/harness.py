@@ -51,6 +51,7 @@ from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR, RL_ZOO_DQN, preset, rl_zoo_
 from deep_sarsa.wrappers import TimeLimitAsTermination
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ablation import cpu_model
 from jobstore import DONE, FAILED, Job, JobStore, StoreError, iterate_status, work
 
 RUNS = Path(__file__).parent / "runs"
@@ -189,17 +190,6 @@ def train_job(job: Job, runs: Path) -> dict[str, Any]:
         "cpu": cpu_model(),
         "commit": CODE_COMMIT,
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` shows it), or ``platform.processor()`` elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_result(runs: Path, result: dict[str, Any]) -> Path:
