@@ -206,13 +206,14 @@ def run_job(job: tuple[str, str, int, int, Path]) -> Path:
     return write_result(runs, train_job(Job(task, algorithm, seed, episodes), runs))
 
 
-def _commit() -> str:
+def _commit(folder: Path = Path(__file__).parent) -> str:
     """
     The git commit of this checkout (``unknown`` outside git), with ``+changes`` where the package's tracked files or the
     benchmarks' tracked Python files differ from it. Read when this module is imported (:data:`CODE_COMMIT`): a worker
     runs the code it imported, whatever is committed later.
+
+    :param folder: the benchmarks folder (beside the package's ``deep_sarsa`` folder)
     """
-    folder = Path(__file__).parent
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True, check=True

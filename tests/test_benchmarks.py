@@ -1,6 +1,7 @@
 """The benchmark harness runs a (tiny) job, resumes, and reports, so that it does not rot."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -99,3 +100,27 @@ def test_the_speed_scripts_run(capsys: pytest.CaptureFixture[str]) -> None:
     digest = parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)
     assert digest == parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)  # same seed
     assert digest != parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=1, flush_denormal=True)
+
+
+def test_a_result_names_the_commit_and_whether_the_code_differed_from_it(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    for name in ("deep_sarsa/algorithm.py", "benchmarks/harness.py", "benchmarks/results/table.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "--short", "HEAD")
+    benchmarks = tmp_path / "benchmarks"
+    assert harness._commit(benchmarks) == head
+    (tmp_path / "benchmarks/results/table.md").write_text("new numbers\n")  # results are not code
+    (tmp_path / "deep_sarsa/untracked.py").write_text("y = 2\n")  # nor is an untracked file
+    assert harness._commit(benchmarks) == head
+    for name in ("deep_sarsa/algorithm.py", "benchmarks/harness.py"):
+        (tmp_path / name).write_text("x = 2\n")
+        assert harness._commit(benchmarks) == f"{head}+changes", name
+        git("checkout", "-q", "--", name)
+    assert harness._commit(tmp_path.parent / "no-such-folder") == "unknown"
