@@ -1,5 +1,5 @@
 """
-Validate the presets on fresh seeds: each task's preset (``deep_sarsa/hyperparameters/deep_sarsa.yml``) beside
+Validate the presets on fresh seeds: each task's preset (``deep_sarsa/hyperparams/deep_sarsa.yml``) beside
 SB3's DQN with rl-zoo's entry for the task, in the harness (``harness.py``: the same env, budget, evaluation and
 machine for both), on validation seeds ``0 .. N-1`` (the tuning seeds of ``tune.py`` are ``1000 ..``).
 
@@ -184,7 +184,7 @@ def report(args: argparse.Namespace) -> int:
         [
             "# Presets on fresh seeds, beside DQN",
             "",
-            "Each task's DeepSARSA preset (`deep_sarsa/hyperparameters/deep_sarsa.yml`) and SB3's DQN with rl-zoo's "
+            "Each task's DeepSARSA preset (`deep_sarsa/hyperparams/deep_sarsa.yml`) and SB3's DQN with rl-zoo's "
             "entry, in the benchmark harness (same env, budget, evaluation: the deterministic policy every "
             "`eval_freq` steps, 20 episodes on a separate env), validation seeds 0.. (never the tuning seeds). "
             "Time to solve: training seconds (evaluations left out) before the first evaluation at or above the "

@@ -6,7 +6,7 @@ the env's ``reward_threshold``).
     python examples/quickstart.py            # the preset's 50k steps: about a minute on 2 cores
     python examples/quickstart.py --smoke    # a few hundred steps, to check that everything runs
 
-The preset (``deep_sarsa/hyperparameters/deep_sarsa.yml``) solved CartPole on every one of 10 fresh seeds
+The preset (``deep_sarsa/hyperparams/deep_sarsa.yml``) solved CartPole on every one of 10 fresh seeds
 (benchmarks/results/validation.md); training seed 0 and evaluation seed 10000 are the demo's defaults.
 """
 
