@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
@@ -35,7 +37,32 @@ def test_time_to_solve_is_the_evaluation_from_which_it_stays_solved() -> None:
     assert validate.time_to_solve(run, 495.0) == math.inf  # 500 then 490: not solved at the end
     assert validate.time_to_solve(result("dqn", 0, [500, 500], [1, 2]), 475.0) == 1.0
     assert validate.time_to_solve(run, None) == math.inf
-    assert validate.threshold_of("CartPole-v1") == 475.0 and validate.threshold_of("CliffWalking-v1") is None
+    assert validate.time_to_solve(result("dqn", 0, [-200, -17, -15], [1, 2, 3]), -17.0) == 2.0
+    assert validate.threshold_of("CartPole-v1") == 475.0  # gymnasium's registry
+    # the optimal Taxi policy's mean (7.93, examples/taxi_linear.py) is below gymnasium's 8; CliffWalking has none
+    assert gym.spec("Taxi-v4").reward_threshold == 8 and validate.threshold_of("Taxi-v4") == 6.5
+    assert gym.spec("CliffWalking-v1").reward_threshold is None and validate.threshold_of("CliffWalking-v1") == -17.0
+
+
+def test_taxi_threshold_is_one_the_optimal_policy_passes_and_gymnasiums_is_not() -> None:
+    # The optimal returns, independently of the package: Taxi is deterministic, every step costs 1 and the
+    # drop-off pays 20, so the optimal return from a start state is 21 - (the fewest actions to finish),
+    # found by a breadth-first search over Taxi's transition table.
+    env = gym.make("Taxi-v4").unwrapped
+    table, starts = env.P, np.flatnonzero(env.initial_state_distrib)
+    returns = []
+    for start in starts:
+        frontier, seen, length = [int(start)], {int(start)}, 0
+        while not any(d for s in frontier for a in table[s] for _, _, _, d in table[s][a]):
+            frontier = [n for s in frontier for a in table[s] for _, n, _, d in table[s][a] if n not in seen]
+            seen.update(frontier)
+            length += 1
+        returns.append(21 - (length + 1))
+    mean, std = float(np.mean(returns)), float(np.std(returns))
+    assert len(starts) == 300 and round(mean, 2) == 7.93  # examples/taxi_linear.py's optimum
+    error = std / math.sqrt(20)  # of the harness's 20-episode evaluation
+    assert mean < gym.spec("Taxi-v4").reward_threshold  # gymnasium's 8: the optimal policy passes it by chance
+    assert (mean - validate.threshold_of("Taxi-v4")) / error >= 2.4  # the optimal policy passes 6.5 ~99% of times
 
 
 def write(runs: Path, results: list[dict[str, Any]]) -> None:
