@@ -42,6 +42,11 @@ def test_last_fraction_and_objective_by_hand() -> None:
     assert tune.objective_of([curve(*[0] * 8, 400, 500), curve(*[500] * 8, 100, 100), curve(*[0] * 8, 300, 300)]) == 100.0
     with pytest.raises(ValueError, match="curve must hold at least one evaluation"):
         tune.last_fraction_mean([])
+    # --objective area: areas 90, 420, 60 (the first seed is good at the end only, the third is late and low)
+    area = tune.OBJECTIVES["area"]
+    assert tune.objective_of([curve(*[0] * 8, 400, 500), curve(*[500] * 8, 100, 100), curve(*[0] * 8, 300, 300)], area) == 60.0
+    with pytest.raises(ValueError, match="objective: 'best seed' is none of"):
+        tune.seed_score(curve(1, 2), "best seed")
 
 
 def fake_training(monkeypatch: pytest.MonkeyPatch, calls: list[tuple[int, dict[str, Any]]]) -> None:
@@ -82,6 +87,28 @@ def test_objective_is_the_worst_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     # Running the command again with more trials extends the study
     assert tune.main(["study", "--task", "CartPole-v1", "--trials", "4", "--storage", storage]) == 0
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+
+
+def test_area_objective_scores_each_seed_by_its_area(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_training(monkeypatch, [])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["--task", "CartPole-v1", "--storage", storage]
+    assert tune.main(["study", *common, "--objective", "area", "--trials", "2"]) == 0
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-3-area", storage=storage)
+    assert study.user_attrs["objective"] == tune.OBJECTIVES["area"]
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert trial.value == 60.0 and trial.user_attrs["seed_scores"] == trial.user_attrs["seed_areas"] == [90, 420, 60]
+    # the export's command resumes the same study (its objective and space named); the other objective is refused
+    out = tmp_path / "tuning.md"
+    assert tune.main(["export", *common, "--objective", "area", "--out", str(out)]) == 0
+    assert "--objective area`" in out.read_text() and "Seed scores: each tuning seed's area under the curve" in out.read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        tune.main(["study", *common, "--study-name", study.study_name, "--trials", "3"])
+    assert exit_.value.code == 2
+    assert "was run with objective=" in capsys.readouterr().err
 
 
 def test_show_export_and_preset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,13 +168,16 @@ def test_the_near_preset_space_starts_from_the_preset(monkeypatch: pytest.Monkey
     assert tune._converted(best, "CartPole-v1", 50_000, "near-preset") == {
         key: trained[key] for key in tune._converted(best, "CartPole-v1", 50_000, "near-preset")
     }
+    # the export's command to resume names the space (without it, the study would be refused)
+    assert tune.main(["export", *common, "--out", str(tmp_path / "t.md")]) == 0
+    assert "--eval-episodes 20 --space near-preset`" in (tmp_path / "t.md").read_text()
     # a study of one space is not continued with another one
     with pytest.raises(SystemExit) as exit_:
         tune.main(["study", *common[:-1], "zoo", "--study-name", study.study_name, "--trials", "7"])
     assert exit_.value.code == 2
 
 
-@pytest.mark.parametrize("task", ["Acrobot-v1", "MountainCar-v0"])
+@pytest.mark.parametrize("task", ["Acrobot-v1", "MountainCar-v0", "Taxi-v4"])
 def test_each_task_has_a_near_preset_space_around_its_own_preset(
     task: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -179,12 +209,13 @@ def test_each_task_has_a_near_preset_space_around_its_own_preset(
 
 
 def test_near_preset_refuses_a_preset_outside_its_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Taxi's preset is a Q-table trained every step (train_freq=1): no near-preset space has that value
+    # CliffWalking's preset is a Q-table trained every step (train_freq=1): it has no space of its own, and
+    # CartPole's has neither value
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     with pytest.raises(SystemExit) as exit_:
-        tune.main(["study", "--task", "Taxi-v4", "--space", "near-preset", "--storage", storage, "--trials", "1"])
+        tune.main(["study", "--task", "CliffWalking-v1", "--space", "near-preset", "--storage", storage, "--trials", "1"])
     assert exit_.value.code == 2
-    assert "--space near-preset: the preset of Taxi-v4 is outside the space" in capsys.readouterr().err
+    assert "--space near-preset: the preset of CliffWalking-v1 is outside the space" in capsys.readouterr().err
     assert not (tmp_path / "study.db").exists() or not optuna.get_all_study_summaries(storage)  # no study was created
 
 
