@@ -137,6 +137,14 @@ def load(runs: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
     return grouped
 
 
+def commits_of(grouped: dict[tuple[str, str], list[dict[str, Any]]], tasks: Sequence[str]) -> str:
+    """The commits the results were trained at: one, or per task where they differ."""
+    by_task = {task: sorted({str(r["commit"]) for a in ALGORITHMS for r in grouped[task, a]}) for task in tasks}
+    if len({tuple(commits) for commits in by_task.values()}) == 1:
+        return ", ".join(next(iter(by_task.values())))
+    return "; ".join(f"{', '.join(commits)} ({task})" for task, commits in by_task.items())
+
+
 def report(args: argparse.Namespace) -> int:
     import matplotlib
 
@@ -215,7 +223,7 @@ def report(args: argparse.Namespace) -> int:
             f"![curves]({args.output.with_suffix('.png').name})",
             "",
             f"Machine: {first.get('cpu', 'CPU model not recorded')}, {first['machine']} (two jobs at a time, one per "
-            f"core), commit {first['commit']}; each "
+            f"core), commit {commits_of(grouped, tasks)}; each "
             "result file (`benchmarks/validation/TASK/ALGORITHM/seedN.json`) keeps the hyperparameters it trained with.",
             "",
             f"Reproduce: `python benchmarks/validate.py run --tasks {' '.join(tasks)} --seeds "
