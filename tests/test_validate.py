@@ -48,7 +48,7 @@ def test_taxi_threshold_is_one_the_optimal_policy_passes_and_gymnasiums_is_not()
     # The optimal returns, independently of the package: Taxi is deterministic, every step costs 1 and the
     # drop-off pays 20, so the optimal return from a start state is 21 - (the fewest actions to finish),
     # found by a breadth-first search over Taxi's transition table.
-    env = gym.make("Taxi-v4").unwrapped
+    env: Any = gym.make("Taxi-v4").unwrapped
     table, starts = env.P, np.flatnonzero(env.initial_state_distrib)
     returns = []
     for start in starts:
@@ -59,10 +59,12 @@ def test_taxi_threshold_is_one_the_optimal_policy_passes_and_gymnasiums_is_not()
             length += 1
         returns.append(21 - (length + 1))
     mean, std = float(np.mean(returns)), float(np.std(returns))
+    gymnasiums, ours = gym.spec("Taxi-v4").reward_threshold, validate.threshold_of("Taxi-v4")
+    assert gymnasiums is not None and ours is not None
     assert len(starts) == 300 and round(mean, 2) == 7.93  # examples/taxi_linear.py's optimum
     error = std / math.sqrt(20)  # of the harness's 20-episode evaluation
-    assert mean < gym.spec("Taxi-v4").reward_threshold  # gymnasium's 8: the optimal policy passes it by chance
-    assert (mean - validate.threshold_of("Taxi-v4")) / error >= 2.4  # the optimal policy passes 6.5 ~99% of times
+    assert mean < gymnasiums  # gymnasium's 8: the optimal policy passes it by chance
+    assert (mean - ours) / error >= 2.4  # the optimal policy passes 6.5 ~99% of times
 
 
 def write(runs: Path, results: list[dict[str, Any]]) -> None:
