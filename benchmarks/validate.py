@@ -211,7 +211,8 @@ def report(args: argparse.Namespace) -> int:
             "entry, in the benchmark harness (same env, budget, evaluation: the deterministic policy every "
             "`eval_freq` steps, 20 episodes on a separate env), validation seeds 0.. (never the tuning seeds). "
             "Time to solve: training seconds (evaluations left out) before the first evaluation at or above the "
-            "env's `reward_threshold` after which every evaluation stays there; never = not so at the end of the budget.",
+            "task's threshold (the env's `reward_threshold`, or the one given below) after which every evaluation "
+            "stays there; never = not so at the end of the budget.",
             *(f"{task}'s threshold: {THRESHOLDS[task][0]:g} ({THRESHOLDS[task][1]})." for task in tasks if task in THRESHOLDS),
             "",
             *rows,
