@@ -17,10 +17,10 @@ far is below the median of the other trials' at the same point is pruned (``--no
 The study lives in a database: by default the SQLite file ``benchmarks/studies/TASK.db`` (one machine), or
 ``--storage postgresql+psycopg://USER:PASSWORD@HOST/DB`` (several machines). Any number of processes may run
 the same ``study`` command on one storage: they share the study, and each stops once the study has
-``--trials`` finished (complete or pruned) trials, so running the command again resumes or, with a larger
-``--trials``, extends it. A worker that dies leaves its trial RUNNING; its heartbeat stops, and the next
-trial any worker starts marks it FAIL once it has been silent for twice ``--heartbeat`` seconds (Ctrl-C or SIGTERM
-marks it FAIL at once).
+``--trials`` finished (complete or pruned) trials, or with ``--minutes M`` after the first trial it ends past
+M minutes, so running the command again resumes or, with a larger ``--trials``, extends it. A worker that
+dies leaves its trial RUNNING; its heartbeat stops, and the next trial any worker starts marks it FAIL once it
+has been silent for twice ``--heartbeat`` seconds (Ctrl-C or SIGTERM marks it FAIL at once).
 
     python benchmarks/tune.py study --task CartPole-v1 --trials 100              # on each core: the same command
     python benchmarks/tune.py show --task CartPole-v1                            # best trials, per-seed scores
@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -556,9 +556,16 @@ def _work_on(args: argparse.Namespace) -> int:
         optuna.storages.fail_stale_trials(study)  # study.optimize does it again before each trial
     interrupts.check()
     if finished(study) < args.trials:
+        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
+            optuna.study.MaxTrialsCallback(args.trials, states=FINISHED),
+            _log,
+            interrupts.check,
+        ]
+        if args.minutes is not None:
+            callbacks.append(Deadline(args.minutes))
         study.optimize(
             make_objective(settings, prune=not args.no_prune),
-            callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=FINISHED), _log, interrupts.check],
+            callbacks=callbacks,
             catch=(ValueError,),  # a trial that fails on its values (it should not) leaves the study going
             gc_after_trial=True,
         )
@@ -571,6 +578,23 @@ def _work_on(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+class Deadline:
+    """
+    ``--minutes``: an Optuna callback that stops the worker after the first trial to end past the deadline (a
+    trial is never cut short: a session with a few hours spends them on whole trials, and the next run resumes).
+
+    :param minutes: minutes from now after which the worker starts no new trial
+    """
+
+    def __init__(self, minutes: float) -> None:
+        self.stop_at = time.monotonic() + 60.0 * minutes
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if time.monotonic() >= self.stop_at:
+            print(f"--minutes: past the deadline after trial {trial.number}; this worker starts no new trial", flush=True)
+            study.stop()
 
 
 def _log(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -788,6 +812,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     study_parser.add_argument("--eval-freq", type=_positive(int), help="steps between evaluations (default: the harness's)")
     study_parser.add_argument("--eval-episodes", type=_positive(int), default=20, help="episodes per evaluation (default 20)")
     study_parser.add_argument("--no-prune", action="store_true", help="never stop a trial before its last seed")
+    study_parser.add_argument(
+        "--minutes",
+        type=_positive(float),
+        help="start no new trial after this many minutes (the running one finishes; run the command again to resume)",
+    )
     study_parser.add_argument(
         "--heartbeat", type=_positive(int), default=60, help="seconds between heartbeats; a trial silent 2x as long is failed"
     )

@@ -111,6 +111,32 @@ def test_area_objective_scores_each_seed_by_its_area(
     assert "was run with objective=" in capsys.readouterr().err
 
 
+def test_minutes_stops_starting_trials_after_the_deadline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # each seed's training takes 5 minutes of a fake clock; --minutes 12 lets the first trial (15 minutes) end
+    # past the deadline, so the worker stops there with 1 trial of the 5 asked for, none cut short
+    clock = [1000.0]
+    fake_training(monkeypatch, [])
+    trained = tune.train_seed
+
+    def slow(*args: Any) -> Any:
+        clock[0] += 300.0
+        return trained(*args)
+
+    monkeypatch.setattr(tune, "train_seed", slow)
+    monkeypatch.setattr(tune.time, "monotonic", lambda: clock[0])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["study", "--task", "CartPole-v1", "--storage", storage, "--no-prune", "--trials", "5"]
+    assert tune.main([*common, "--minutes", "12"]) == 0
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage)
+    assert [trial.state for trial in study.get_trials()] == [TrialState.COMPLETE]
+    # 31 minutes: the second trial ends at 30, the third at 45 (past 31): 3 more trials
+    assert tune.main([*common, "--minutes", "31"]) == 0
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    # without --minutes the study goes on to --trials
+    assert tune.main(common) == 0
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+
+
 def test_show_export_and_preset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fake_training(monkeypatch, [])
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -313,6 +339,7 @@ def test_resume_after_a_worker_is_sigkilled(tmp_path: Path) -> None:
     [
         (["study", "--task", "CartPole-v1", "--trials", "0"], "--trials: expected a positive whole number, got '0'"),
         (["study", "--task", "CartPole-v1", "--trials", "3", "--seeds", "two"], "--seeds: expected a positive whole number"),
+        (["study", "--task", "CartPole-v1", "--trials", "3", "--minutes", "-5"], "--minutes: expected a positive number"),
         (["study", "--task", "Pong-v5", "--trials", "3"], "--task: invalid choice: 'Pong-v5'"),
         (["study", "--task", "MountainCar-v0-lecture", "--trials", "3"], "--task: invalid choice"),
         (["study", "--task", "CartPole-v1"], "the following arguments are required: --trials"),
