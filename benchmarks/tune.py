@@ -481,6 +481,20 @@ def create_or_load(
     return study
 
 
+def measure_the_preset(study: optuna.Study, first: dict[str, Any]) -> None:
+    """
+    A near-preset study's baseline: enqueue the preset again when no trial has measured it, or is about to (its
+    first trial failed: a worker killed or stopped while it trained), so that every candidate keeps being compared
+    with the preset under the same objective.
+
+    :param study: the study (its stale trials already failed)
+    :param first: the preset as parameters of the study's space
+    """
+    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    if not any(trial.system_attrs.get("fixed_params") == first for trial in study.get_trials(deepcopy=False, states=alive)):
+        study.enqueue_trial(first)
+
+
 class Interrupts:
     """
     Ctrl-C and SIGTERM as KeyboardInterrupt, raised only where no storage call is under way.
@@ -554,6 +568,8 @@ def _work_on(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # study.optimize does it again before each trial
+    if first is not None:
+        measure_the_preset(study, first)
     interrupts.check()
     if finished(study) < args.trials:
         callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [

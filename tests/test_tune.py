@@ -203,6 +203,35 @@ def test_the_near_preset_space_starts_from_the_preset(monkeypatch: pytest.Monkey
     assert exit_.value.code == 2
 
 
+def test_a_preset_trial_that_fails_is_measured_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the worker is stopped (SIGTERM) while the preset's first seed trains: its trial fails, and the next run
+    # trains the preset again before any sampled trial, once
+    calls: list[tuple[int, dict[str, Any]]] = []
+    fake_training(monkeypatch, calls)
+    trained = tune.train_seed
+
+    def stopped(*args: Any) -> Any:
+        monkeypatch.setattr(tune, "train_seed", trained)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.0)  # the KeyboardInterrupt comes at once
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(tune, "train_seed", stopped)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["study", "--task", "CartPole-v1", "--storage", storage, "--space", "near-preset", "--no-prune"]
+    assert tune.main([*common, "--trials", "2"]) == 130
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-3-near-preset", storage=storage)
+    assert [trial.state for trial in study.get_trials()] == [TrialState.FAIL]
+    assert tune.main([*common, "--trials", "2"]) == 0
+    assert tune.main([*common, "--trials", "3"]) == 0
+    states = [trial.state for trial in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE, TrialState.COMPLETE]
+    wanted = preset("CartPole-v1").hyperparameters
+    presets = [i for i, (_, keywords) in enumerate(calls[::3]) if {key: keywords[key] for key in wanted} == wanted]
+    assert presets == [0], presets  # trial 1 is the preset; trials 2 and 3 are sampled
+    assert study.get_trials()[1].params == study.get_trials()[0].params
+
+
 @pytest.mark.parametrize("task", ["Acrobot-v1", "MountainCar-v0", "Taxi-v4"])
 def test_each_task_has_a_near_preset_space_around_its_own_preset(
     task: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
