@@ -485,13 +485,15 @@ def measure_the_preset(study: optuna.Study, first: dict[str, Any]) -> None:
     """
     A near-preset study's baseline: enqueue the preset again when no trial has measured it, or is about to (its
     first trial failed: a worker killed or stopped while it trained), so that every candidate keeps being compared
-    with the preset under the same objective.
+    with the preset under the same objective. A sampled trial with the preset's parameters counts (the preset
+    became a study's best trial: the study resumed does not train it again).
 
     :param study: the study (its stale trials already failed)
     :param first: the preset as parameters of the study's space
     """
     alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    if not any(trial.system_attrs.get("fixed_params") == first for trial in study.get_trials(deepcopy=False, states=alive)):
+    trials = study.get_trials(deepcopy=False, states=alive)
+    if not any(trial.system_attrs.get("fixed_params", trial.params) == first for trial in trials):
         study.enqueue_trial(first)
 
 

@@ -232,6 +232,26 @@ def test_a_preset_trial_that_fails_is_measured_again(monkeypatch: pytest.MonkeyP
     assert study.get_trials()[1].params == study.get_trials()[0].params
 
 
+def test_a_preset_found_by_the_study_is_not_trained_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the study's best sampled trial became the preset (deep_sarsa.yml): resuming the study does not queue it
+    fake_training(monkeypatch, [])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["study", "--task", "CartPole-v1", "--storage", storage, "--space", "near-preset", "--no-prune"]
+    assert tune.main([*common, "--trials", "2"]) == 0
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-3-near-preset", storage=storage)
+    found = study.get_trials()[1]
+    assert "fixed_params" not in found.system_attrs  # sampled, not queued
+    monkeypatch.setattr(tune, "near_preset_params", lambda task: dict(found.params))
+    assert tune.main([*common, "--trials", "3"]) == 0
+    assert ["fixed_params" in trial.system_attrs for trial in study.get_trials()] == [True, False, False]
+    # a preset no trial has measured is queued
+    monkeypatch.setattr(
+        tune, "near_preset_params", lambda task: {**found.params, "gamma": 0.98 if found.params["gamma"] != 0.98 else 0.99}
+    )
+    assert tune.main([*common, "--trials", "4"]) == 0
+    assert ["fixed_params" in trial.system_attrs for trial in study.get_trials()] == [True, False, False, True]
+
+
 @pytest.mark.parametrize("task", ["Acrobot-v1", "MountainCar-v0", "Taxi-v4"])
 def test_each_task_has_a_near_preset_space_around_its_own_preset(
     task: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
