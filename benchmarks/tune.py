@@ -438,9 +438,7 @@ def load(args: argparse.Namespace) -> optuna.Study:
         raise ValueError(f"--study-name: no study {name!r} in {shown(storage_url(args))} (it has {names})") from None
 
 
-def create_or_load(
-    storage: optuna.storages.RDBStorage, name: str, settings: dict[str, Any], prune: bool, first: dict[str, Any] | None = None
-) -> optuna.Study:
+def create_or_load(storage: optuna.storages.RDBStorage, name: str, settings: dict[str, Any], prune: bool) -> optuna.Study:
     """
     Create the study (its settings as user attributes) unless it exists; an existing one must have the same settings.
 
@@ -448,7 +446,6 @@ def create_or_load(
     :param name: the study's name
     :param settings: the study's settings (:func:`settings_of`)
     :param prune: whether to prune hopeless trials
-    :param first: the parameters of a new study's first trial (None: none enqueued)
     :return: the study
     """
     pruner: optuna.pruners.BasePruner = (
@@ -462,8 +459,6 @@ def create_or_load(
             if not study.user_attrs:
                 for key, value in settings.items():
                     study.set_user_attr(key, value)
-                if first is not None and not study.get_trials(deepcopy=False):
-                    study.enqueue_trial(first)
             break
         except SQLAlchemyError:
             if attempt == 9:
@@ -483,8 +478,8 @@ def create_or_load(
 
 def measure_the_preset(study: optuna.Study, first: dict[str, Any]) -> None:
     """
-    A near-preset study's baseline: enqueue the preset again when no trial has measured it, or is about to (its
-    first trial failed: a worker killed or stopped while it trained), so that every candidate keeps being compared
+    A near-preset study's baseline: enqueue the preset when no trial has measured it, or is about to (a new study;
+    or its first trial failed: a worker killed or stopped while it trained), so that every candidate is compared
     with the preset under the same objective. A sampled trial with the preset's parameters counts (the preset
     became a study's best trial: the study resumed does not train it again).
 
@@ -566,7 +561,7 @@ def _work_on(args: argparse.Namespace) -> int:
     name = study_name(args)
     # near-preset: the preset itself is the study's first trial (checked before the study is created)
     first = near_preset_params(settings["task"]) if settings["space"] == "near-preset" else None
-    study = create_or_load(storage, name, settings, prune=not args.no_prune, first=first)
+    study = create_or_load(storage, name, settings, prune=not args.no_prune)
     with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # study.optimize does it again before each trial
