@@ -71,6 +71,8 @@ STATUSES = (PENDING, RUNNING, DONE, FAILED)
 FENCED_EXIT = 75
 #: a worker ends itself when its last successful renewal is this fraction of a lease old
 FENCE_FRACTION = 0.8
+#: seconds a SQLite writer waits for another (its busy timeout), and keeps trying to create the table
+SQLITE_BUSY_SECONDS = 60.0
 EXAMPLE_URLS = "sqlite:///benchmarks/runs/grid.db (one machine) or postgresql+psycopg://user:password@host:5432/database"
 
 _metadata = sa.MetaData()
@@ -204,7 +206,7 @@ class JobStore:
         if self.backend == "sqlite":
             # Writers wait for each other (up to a minute) instead of failing with "database is locked";
             # the heartbeat thread and the worker's thread share the pool
-            options["connect_args"] = {"timeout": 60.0, "check_same_thread": False}
+            options["connect_args"] = {"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False}
         else:
             options["connect_args"] = {"connect_timeout": 10}
         try:
@@ -235,18 +237,32 @@ class JobStore:
 
     def _create_table(self) -> None:
         """Create the table if missing; several workers starting together on a fresh database must not race."""
-        try:
-            with self.engine.begin() as connection:
-                if self.backend == "postgresql":
-                    # Serialize the creators (concurrent CREATE TABLE fails with a unique violation in pg_type)
-                    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x5A55A_6121D})
-                _metadata.create_all(connection, checkfirst=True)
-        except DBAPIError as error:
-            # SQLite: another process created it between our check and our CREATE; fine if it is there now
-            if not self._has_table():
+        deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+        while True:
+            try:
+                with self.engine.begin() as connection:
+                    if self.backend == "postgresql":
+                        # Serialize the creators (concurrent CREATE TABLE fails with a unique violation in pg_type)
+                        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x5A55A_6121D})
+                    _metadata.create_all(connection, checkfirst=True)
+                return
+            except DBAPIError as error:
+                # SQLite: another process created it between our check and our CREATE; fine if it is there now
+                try:
+                    if self._has_table():
+                        return
+                except StoreError:
+                    pass  # still locked: try again below, or report the first error
+                # SQLite answers SQLITE_BUSY at once, without waiting its busy timeout, where waiting would
+                # deadlock: two connections switching a fresh file to WAL together (our connect hook) both read
+                # its header, and the one that wants to write while the other holds the PENDING lock is told
+                # "database is locked". Three workers starting together hit it in CI; 3 processes running
+                # `PRAGMA journal_mode=WAL` at one instant on a fresh file, 52 of 300 did here. So try again.
+                if not (_sqlite_busy(self.backend, error) and time.monotonic() < deadline):
+                    raise self._connect_error(error) from None
+                time.sleep(0.05)
+            except SQLAlchemyError as error:
                 raise self._connect_error(error) from None
-        except SQLAlchemyError as error:
-            raise self._connect_error(error) from None
 
     def _check_columns(self) -> None:
         try:
@@ -465,6 +481,12 @@ class JobStore:
     def results(self) -> list[dict[str, Any]]:
         """The results of the done jobs."""
         return [row.result for row in self.rows() if row.status == DONE and row.result is not None]
+
+
+def _sqlite_busy(backend: str, error: DBAPIError) -> bool:
+    """Whether ``error`` is SQLite's "database is locked" / "database is busy" (SQLITE_BUSY, SQLITE_LOCKED)."""
+    message = str(error.orig).lower()
+    return backend == "sqlite" and ("database is locked" in message or "database is busy" in message)
 
 
 def _sqlite_on_connect(connection: Any, _record: Any) -> None:

@@ -186,6 +186,43 @@ def test_workers_on_one_sqlite_store_run_every_job_once(sqlite_url: str, workers
     check_every_job_ran_once(sqlite_url, workers_at(sqlite_url, seeds=6, lease=30), count=12, processes=3)
 
 
+def creating_fails(monkeypatch: pytest.MonkeyPatch, message: str, times: int) -> list[float]:
+    """SQLite's CREATE answers ``message`` at once the first ``times`` times; returns the attempts' clock times."""
+    create_all, attempts = jobstore._metadata.create_all, []
+
+    def failing(bind: Any, checkfirst: bool = True) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) <= times:
+            raise sa.exc.OperationalError("CREATE TABLE deep_sarsa_grid_jobs", {}, sqlite3.OperationalError(message))
+        create_all(bind, checkfirst=checkfirst)
+
+    monkeypatch.setattr(jobstore._metadata, "create_all", failing)
+    return attempts
+
+
+def test_a_store_waits_out_sqlite_answering_locked_at_once(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLITE_BUSY without the busy timeout (seen in CI: three workers creating one fresh file): try again."""
+    attempts = creating_fails(monkeypatch, "database is locked", times=3)
+    store = JobStore(sqlite_url)
+    assert len(attempts) == 4
+    store.add(grid_jobs(1))
+    assert store.counts()[PENDING] == 2
+    store.close()
+
+
+def test_a_store_that_stays_locked_or_breaks_otherwise_is_refused(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobstore, "SQLITE_BUSY_SECONDS", 0.5)
+    attempts = creating_fails(monkeypatch, "database is locked", times=10**6)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"^--store: cannot use sqlite:///.*grid\.db: .*database is locked"):
+        JobStore(sqlite_url)
+    assert time.monotonic() - started >= 0.5 and len(attempts) >= 3
+    attempts = creating_fails(monkeypatch, "disk I/O error", times=1)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        JobStore(sqlite_url)
+    assert len(attempts) == 1  # not a lock: no second try
+
+
 def test_two_workers_on_one_postgresql_store_run_every_job_once(postgres_url: str, workers_at: Any) -> None:
     assert postgres_url.startswith("postgresql")
     check_every_job_ran_once(postgres_url, workers_at(postgres_url, seeds=5, lease=30), count=10, processes=2)
