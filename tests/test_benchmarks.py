@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch as th
 
@@ -52,8 +53,36 @@ def test_taxi_jobs_use_masks_for_deep_sarsa_only(tmp_path: Path, monkeypatch: py
     for algorithm in ("dqn", "sarsa-sampled"):
         result = json.loads(harness.run_job(("Taxi-v4", algorithm, 0, 2, tmp_path)).read_text())
         assert result["steps"] == 1200 and len(result["curve"]) == 1
-        assert result["hyperparameters"]["policy_kwargs"] == "{'net_arch': []}"  # the preset's Q-table
+        assert result["hyperparameters"]["policy_kwargs"] == "{'net_arch': []}"  # HAND_SET's Q-table
     assert evaluated == ["evaluate_policy", "evaluate_masked_policy"]
+
+
+def test_committed_dqn_and_grid_results_were_trained_with_the_keywords_the_harness_gives_now() -> None:
+    # DQN's baseline and the grid's variants are reproducible by the commands RESULTS.md names: tuning a preset
+    # (Taxi's, read from the presets file before HAND_SET) must not change what they train with
+    root = Path(harness.__file__).parent
+    checked = 0
+    for path in sorted([*root.glob("runs/*/*/seed*.json"), *root.glob("validation/*/dqn/seed*.json")]):
+        result = json.loads(path.read_text())
+        if result["algorithm"] == "sarsa-preset" or result["task"] not in harness.TASKS:
+            continue
+        keywords = {key: str(value) for key, value in harness.hyperparameters_of(result["task"]).items()}
+        recorded = {key: value for key, value in result["hyperparameters"].items() if key not in ("next_action", "loss")}
+        assert recorded == keywords, path
+        checked += 1
+    assert checked >= 6 * 5 * 4 + 6 * 10  # the grid (6 tasks, 4 algorithms, 5 seeds) and DQN's validation runs
+
+
+@pytest.mark.parametrize("task", [task for task in harness.TASKS if task not in harness.LECTURE_TASKS])
+def test_dqn_accepts_the_harness_keywords_of_every_task(task: str) -> None:
+    from stable_baselines3 import DQN
+
+    try:
+        env = harness.make_env(task)
+    except (gym.error.DependencyNotInstalled, ModuleNotFoundError):  # LunarLander without Box2D: the keywords still
+        env = gym.make("CartPole-v1")
+    model = DQN("MlpPolicy", env, device="cpu", **harness.hyperparameters_of(task))
+    assert model.batch_size == harness.hyperparameters_of(task)["batch_size"]
 
 
 def test_the_lecture_task_runs_deep_sarsa_only_and_keeps_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,170 @@
+"""
+Which ``next_action``: each variant per task, from the results already kept (nothing is trained here).
+
+Two sources, one table per task:
+
+- the learning grid (``benchmarks/runs``, ``harness.py``): every variant and DQN with the same hyperparameters (rl-zoo's
+  DQN entry; Taxi and CliffWalking: ``harness.HAND_SET``), 5 seeds: the final return, median [IQR];
+- the tuning studies (``benchmarks/studies/TASK.db``, ``tune.py``): every finished trial of every study of the task,
+  grouped by the ``next_action`` it sampled. A variant's best trial is the one whose worst tuning seed is highest over
+  the last 20% of its evaluations (ties: the higher worst-seed area under the curve), whatever the study's own
+  objective, so that studies on the area and on the last 20% are read alike. Only complete trials count for "best"
+  (a pruned trial did not train every seed).
+
+    python benchmarks/variants.py          # benchmarks/results/variants.md
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import LECTURE_TASKS, RUNS, TASKS, quartiles
+from tune import FINISHED, STUDIES, area_under_curve, last_fraction_mean
+
+from deep_sarsa.presets import load_presets
+
+VARIANTS = ["sampled", "expected", "stored"]
+OUTPUT = Path(__file__).parent / "results" / "variants.md"
+
+
+class Best(NamedTuple):
+    """A variant's best complete trial in a task's studies."""
+
+    #: the study's name and the trial's number
+    study: str
+    number: int
+    #: the worst tuning seed's mean over the last 20% of its evaluations, and its area under the curve
+    worst_last: float
+    worst_area: float
+
+
+def worst_scores(curves: Sequence[Sequence[Sequence[float]]]) -> tuple[float, float]:
+    """
+    :param curves: one curve per tuning seed, ``(step, mean return, std)`` each point
+    :return: the worst seed's mean of its last 20% of evaluations, and the worst seed's area under the curve
+    """
+    if not curves:
+        raise ValueError("a trial needs at least one seed's curve")
+    return min(last_fraction_mean(curve) for curve in curves), min(area_under_curve(curve) for curve in curves)
+
+
+def by_variant(trials: Iterable[tuple[str, Any]]) -> dict[str, tuple[int, int, Best | None]]:
+    """
+    Group finished trials by their ``next_action``.
+
+    :param trials: ``(study name, FrozenTrial)`` pairs, finished trials only (complete or pruned)
+    :return: per variant, (finished trials, complete trials, the best complete one or None)
+    """
+    counts: dict[str, list[int]] = {}
+    best: dict[str, Best] = {}
+    for study, trial in trials:
+        variant = str(trial.params.get("next_action", "sampled"))
+        counts.setdefault(variant, [0, 0])[0] += 1
+        if trial.state.name != "COMPLETE":
+            continue
+        counts[variant][1] += 1
+        candidate = Best(study, trial.number, *worst_scores(trial.user_attrs["curves"]))
+        current = best.get(variant)
+        if current is None or (candidate.worst_last, candidate.worst_area) > (current.worst_last, current.worst_area):
+            best[variant] = candidate
+    return {variant: (total, complete, best.get(variant)) for variant, (total, complete) in counts.items()}
+
+
+def study_trials(task: str, studies: Path = STUDIES) -> list[tuple[str, Any]]:
+    """Every finished trial of every study kept for ``task`` (none if its file is missing)."""
+    import optuna
+
+    path = studies / f"{task}.db"
+    if not path.is_file():
+        return []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{path}"
+    pairs = []
+    for summary in optuna.get_all_study_summaries(url):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        pairs += [(summary.study_name, trial) for trial in study.get_trials(deepcopy=False, states=FINISHED)]
+    return pairs
+
+
+def grid_finals(task: str, runs: Path = RUNS) -> dict[str, list[float]]:
+    """The grid's final returns of ``task``, by algorithm (``sarsa-sampled``, ..., ``dqn``)."""
+    finals: dict[str, list[float]] = {}
+    for path in sorted((runs / task).glob("*/seed*.json")):
+        result = json.loads(path.read_text())
+        finals.setdefault(str(result["algorithm"]), []).append(float(result["curve"][-1][1]))
+    return finals
+
+
+def table(task: str, runs: Path = RUNS, studies: Path = STUDIES) -> list[str]:
+    """The markdown lines of one task."""
+    finals = grid_finals(task, runs)
+    tuned = by_variant(study_trials(task, studies))
+    lines = [
+        f"### {task}",
+        "",
+        "| next_action | grid: final, median [IQR] (seeds) | tuning trials (complete) | best trial by the worst seed's "
+        "last 20% | its worst seed: last 20% / area |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for variant in [*VARIANTS, "dqn"]:
+        runs_of = finals.get("dqn" if variant == "dqn" else f"sarsa-{variant}", [])
+        grid = f"{quartiles(runs_of)} ({len(runs_of)})" if runs_of else "not run"
+        if variant == "dqn":
+            lines.append(f"| DQN | {grid} | n/a | n/a | n/a |")
+            continue
+        total, complete, best = tuned.get(variant, (0, 0, None))
+        named = f"{best.study} #{best.number}" if best else "none"
+        scores = f"{best.worst_last:.1f} / {best.worst_area:.1f}" if best else "n/a"
+        lines.append(f'| `"{variant}"` | {grid} | {total} ({complete}) | {named} | {scores} |')
+    presets = load_presets()
+    if task in presets:
+        variant = presets[task].hyperparameters.get("next_action", "sampled")
+        lines += [
+            "",
+            f'The preset (`deep_sarsa/hyperparams/deep_sarsa.yml`) uses `"{variant}"` (10 fresh seeds: validation.md).',
+        ]
+    return [*lines, ""]
+
+
+def report(args: argparse.Namespace) -> int:
+    tasks = [
+        task
+        for task in TASKS
+        if task not in LECTURE_TASKS and ((args.runs / task).is_dir() or (args.studies / f"{task}.db").is_file())
+    ]
+    lines = [
+        "# Which next_action: every variant per task",
+        "",
+        "Built by `python benchmarks/variants.py` from results already kept; nothing is trained. *Grid*: "
+        "`benchmarks/runs` (harness.py), every variant and DQN with the same hyperparameters (rl-zoo's DQN entry; Taxi "
+        "and CliffWalking: harness.HAND_SET), its budget, 5 seeds, the final evaluation (20 episodes). *Tuning*: "
+        "every finished trial of the task's studies (`benchmarks/studies/TASK.db`, tune.py), by the `next_action` it "
+        "sampled; a variant's best complete trial is the one whose worst tuning seed (of 3) scores highest over the "
+        "last 20% of its evaluations, ties broken by the worst seed's area under the curve (the mean of all its "
+        "evaluations). Few trials per variant: a variant's best trial also differs from the others in every other "
+        "hyperparameter, so a gap between variants is evidence, not proof.",
+        "",
+    ]
+    for task in tasks:
+        lines += table(task, args.runs, args.studies)
+    text = "\n".join(lines)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=RUNS, help="the grid's results (default benchmarks/runs)")
+    parser.add_argument("--studies", type=Path, default=STUDIES, help="the studies' folder (default benchmarks/studies)")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help="default benchmarks/results/variants.md")
+    return report(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
