@@ -85,33 +85,20 @@ TASKS: dict[str, dict[str, Any]] = {
 #: hyperparameters (Taxi: one-hot states and a Q-table, examples/masked_taxi.py; CliffWalking: a Q-table and the
 #: exploration of docs/cliff_walking.md), the package's first presets of the two tasks. They are fixed here rather
 #: than read from the presets file, so that tuning a preset leaves DQN's and the grid's runs as they were.
+_Q_TABLE: dict[str, Any] = dict(
+    buffer_size=50_000,
+    learning_starts=1000,
+    gamma=0.99,
+    target_update_interval=500,
+    train_freq=1,
+    gradient_steps=1,
+    exploration_fraction=0.5,
+    policy_kwargs=dict(net_arch=[]),
+)
 HAND_SET: dict[str, dict[str, Any]] = {
-    "Taxi-v4": dict(
-        learning_rate=1e-2,
-        batch_size=128,
-        buffer_size=50_000,
-        learning_starts=1000,
-        gamma=0.99,
-        target_update_interval=500,
-        train_freq=1,
-        gradient_steps=1,
-        exploration_fraction=0.5,
-        exploration_final_eps=0.05,
-        policy_kwargs=dict(net_arch=[]),
-    ),
+    "Taxi-v4": dict(_Q_TABLE, learning_rate=1e-2, batch_size=128, exploration_final_eps=0.05),
     "CliffWalking-v1": dict(
-        learning_rate=0.05,
-        batch_size=64,
-        buffer_size=50_000,
-        learning_starts=1000,
-        gamma=0.99,
-        target_update_interval=500,
-        train_freq=1,
-        gradient_steps=1,
-        exploration_fraction=0.5,
-        exploration_initial_eps=1.0,
-        exploration_final_eps=0.1,
-        policy_kwargs=dict(net_arch=[]),
+        _Q_TABLE, learning_rate=0.05, batch_size=64, exploration_initial_eps=1.0, exploration_final_eps=0.1
     ),
 }
 
