@@ -104,7 +104,7 @@ def table(task: str, runs: Path = RUNS, studies: Path = STUDIES) -> list[str]:
     finals = grid_finals(task, runs)
     tuned = by_variant(study_trials(task, studies))
     lines = [
-        f"### {task}",
+        f"## {task}",
         "",
         "| next_action | grid: final, median [IQR] (seeds) | tuning trials (complete) | best trial by the worst seed's "
         "last 20% | its worst seed: last 20% / area |",

@@ -77,7 +77,7 @@ def test_the_report_reads_the_grid_and_every_study_of_a_task(tmp_path: Path) -> 
     output = tmp_path / "variants.md"
     assert variants.report(argparse.Namespace(runs=runs, studies=studies, output=output)) == 0
     text = output.read_text()
-    assert "### CartPole-v1" in text and "### Acrobot-v1" not in text  # only tasks with results
+    assert "## CartPole-v1" in text and "## Acrobot-v1" not in text  # only tasks with results
     assert '| `"sampled"` | 400.0 [350.0, 450.0] (3) | 2 (2) | two #0 | 45.0 / 25.0 |' in text
     assert '| `"stored"` | not run | 1 (1) | two #1 | 60.0 / 60.0 |' in text
     assert '| `"expected"` | not run | 0 (0) | none | n/a |' in text
