@@ -68,7 +68,7 @@ def test_tuned_entries_are_the_best_trial_of_their_study(env_id: str) -> None:
     best = tune.best_trials(study, 1)[0]
     # every tuning seed of the best trial ends solved: its mean over the last 20% of evaluations (the default
     # objective; an --objective area study ranks by the whole curve) at the task's threshold (CartPole 475, Acrobot
-    # -100, LunarLander 200, Taxi 6.5)
+    # -100, MountainCar -110, LunarLander 200, Taxi 6.5)
     threshold = validate.threshold_of(env_id)
     assert threshold is not None and best.value is not None
     last_20 = [tune.last_fraction_mean(curve) for curve in best.user_attrs["curves"]]
