@@ -4,7 +4,7 @@ Which ``next_action``: each variant per task, from the results already kept (not
 Two sources, one table per task:
 
 - the learning grid (``benchmarks/runs``, ``harness.py``): every variant and DQN with the same hyperparameters (rl-zoo's
-  DQN entry; Taxi and CliffWalking: ``harness.HAND_SET``), 5 seeds: the final return, median [IQR];
+  DQN entry; Taxi and CliffWalking: ``harness.HAND_SET``), 5 or 10 seeds: the final return, median [IQR];
 - the tuning studies (``benchmarks/studies/TASK.db``, ``tune.py``): every finished trial of every study of the task,
   grouped by the ``next_action`` it sampled. A variant's best trial is the one whose worst tuning seed is highest over
   the last 20% of its evaluations (ties: the higher worst-seed area under the curve), whatever the study's own
@@ -15,7 +15,6 @@ Two sources, one table per task:
 """
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,8 +23,9 @@ from typing import Any, NamedTuple
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import LECTURE_TASKS, RUNS, TASKS, quartiles
 from tune import FINISHED, STUDIES, area_under_curve, last_fraction_mean
+from validate import load
 
-from deep_sarsa.presets import load_presets
+from deep_sarsa.presets import Preset, load_presets
 
 VARIANTS = ["sampled", "expected", "stored"]
 OUTPUT = Path(__file__).parent / "results" / "variants.md"
@@ -90,18 +90,18 @@ def study_trials(task: str, studies: Path = STUDIES) -> list[tuple[str, Any]]:
     return pairs
 
 
-def grid_finals(task: str, runs: Path = RUNS) -> dict[str, list[float]]:
-    """The grid's final returns of ``task``, by algorithm (``sarsa-sampled``, ..., ``dqn``)."""
-    finals: dict[str, list[float]] = {}
-    for path in sorted((runs / task).glob("*/seed*.json")):
-        result = json.loads(path.read_text())
-        finals.setdefault(str(result["algorithm"]), []).append(float(result["curve"][-1][1]))
-    return finals
+def table(
+    task: str, grid: dict[tuple[str, str], list[dict[str, Any]]], presets: dict[str, Preset], studies: Path = STUDIES
+) -> list[str]:
+    """
+    The markdown lines of one task.
 
-
-def table(task: str, runs: Path = RUNS, studies: Path = STUDIES) -> list[str]:
-    """The markdown lines of one task."""
-    finals = grid_finals(task, runs)
+    :param task: the task
+    :param grid: the grid's results by (task, algorithm) (``validate.load``)
+    :param presets: the package's presets (``load_presets``)
+    :param studies: the studies' folder
+    :return: the lines
+    """
     tuned = by_variant(study_trials(task, studies))
     lines = [
         f"## {task}",
@@ -111,16 +111,16 @@ def table(task: str, runs: Path = RUNS, studies: Path = STUDIES) -> list[str]:
         "|---|---:|---:|---|---:|",
     ]
     for variant in [*VARIANTS, "dqn"]:
-        runs_of = finals.get("dqn" if variant == "dqn" else f"sarsa-{variant}", [])
-        grid = f"{quartiles(runs_of)} ({len(runs_of)})" if runs_of else "not run"
+        algorithm = "dqn" if variant == "dqn" else f"sarsa-{variant}"
+        finals = [float(result["curve"][-1][1]) for result in grid.get((task, algorithm), [])]
+        cell = f"{quartiles(finals)} ({len(finals)})" if finals else "not run"
         if variant == "dqn":
-            lines.append(f"| DQN | {grid} | n/a | n/a | n/a |")
+            lines.append(f"| DQN | {cell} | n/a | n/a | n/a |")
             continue
         total, complete, best = tuned.get(variant, (0, 0, None))
         named = f"{best.study} #{best.number}" if best else "none"
         scores = f"{best.worst_last:.1f} / {best.worst_area:.1f}" if best else "n/a"
-        lines.append(f'| `"{variant}"` | {grid} | {total} ({complete}) | {named} | {scores} |')
-    presets = load_presets()
+        lines.append(f'| `"{variant}"` | {cell} | {total} ({complete}) | {named} | {scores} |')
     if task in presets:
         variant = presets[task].hyperparameters.get("next_action", "sampled")
         lines += [
@@ -141,7 +141,8 @@ def report(args: argparse.Namespace) -> int:
         "",
         "Built by `python benchmarks/variants.py` from results already kept; nothing is trained. *Grid*: "
         "`benchmarks/runs` (harness.py), every variant and DQN with the same hyperparameters (rl-zoo's DQN entry; Taxi "
-        "and CliffWalking: harness.HAND_SET), its budget, 5 seeds, the final evaluation (20 episodes). *Tuning*: "
+        "and CliffWalking: harness.HAND_SET), its budget, 5 or 10 seeds (each cell gives the count), the final "
+        "evaluation (20 episodes). *Tuning*: "
         "every finished trial of the task's studies (`benchmarks/studies/TASK.db`, tune.py), by the `next_action` it "
         "sampled; a variant's best complete trial is the one whose worst tuning seed (of 3) scores highest over the "
         "last 20% of its evaluations, ties broken by the worst seed's area under the curve (the mean of all its "
@@ -149,8 +150,9 @@ def report(args: argparse.Namespace) -> int:
         "hyperparameter, so a gap between variants is evidence, not proof.",
         "",
     ]
+    grid, presets = load(args.runs), load_presets()
     for task in tasks:
-        lines += table(task, args.runs, args.studies)
+        lines += table(task, grid, presets, args.studies)
     text = "\n".join(lines)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

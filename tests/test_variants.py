@@ -67,7 +67,13 @@ def test_the_report_reads_the_grid_and_every_study_of_a_task(tmp_path: Path) -> 
         for seed, final in enumerate(finals):
             path = runs / "CartPole-v1" / algorithm / f"seed{seed}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"algorithm": algorithm, "curve": [[5000, 9.0, 0.0], [10000, final, 0.0]]}))
+            result = {
+                "task": "CartPole-v1",
+                "algorithm": algorithm,
+                "seed": seed,
+                "curve": [[5000, 9.0, 0.0], [10000, final, 0.0]],
+            }
+            path.write_text(json.dumps(result))
     studies.mkdir()
     url = f"sqlite:///{studies / 'CartPole-v1.db'}"
     for name, members in {"one": [trial(0, "sampled", A)], "two": [trial(0, "sampled", B), trial(1, "stored", D)]}.items():
