@@ -56,9 +56,18 @@ from jobstore import DONE, FAILED, Job, JobStore, StoreError, iterate_status, wo
 
 RUNS = Path(__file__).parent / "runs"
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
-#: also runnable: DeepSARSA with DQN's Huber loss instead of the default MSE, and the package's preset
-#: (``deep_sarsa.presets.preset(task)``: its own hyperparameters, ``next_action`` and ``loss``)
-EXTRA_ALGORITHMS = ["sarsa-sampled-huber", "sarsa-expected-huber", "sarsa-stored-huber", "sarsa-preset"]
+#: also runnable: DeepSARSA with DQN's Huber loss instead of the default MSE, the package's preset
+#: (``deep_sarsa.presets.preset(task)``: its own hyperparameters, ``next_action`` and ``loss``) and its per-variant
+#: presets (``sarsa-preset-VARIANT``: ``preset(task, next_action=VARIANT)``)
+EXTRA_ALGORITHMS = [
+    "sarsa-sampled-huber",
+    "sarsa-expected-huber",
+    "sarsa-stored-huber",
+    "sarsa-preset",
+    "sarsa-preset-sampled",
+    "sarsa-preset-expected",
+    "sarsa-preset-stored",
+]
 #: Each task: budget, evaluation frequency, hyperparameters (the same for DQN and DeepSARSA) and
 #: the reference to compare with. Classic control: rl-zoo's DQN entries and budgets, and its DQN
 #: results (benchmark.md). Taxi and CliffWalking: :data:`HAND_SET`.
@@ -176,8 +185,9 @@ def train_job(job: Job, runs: Path) -> dict[str, Any]:
     hyperparameters = hyperparameters_of(task)
     if algorithm == "dqn":
         model: DQN | DeepSARSA = DQN("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
-    elif algorithm == "sarsa-preset":
-        hyperparameters = preset(task).hyperparameters
+    elif algorithm.startswith("sarsa-preset"):
+        variant = algorithm.removeprefix("sarsa-preset").removeprefix("-") or None
+        hyperparameters = preset(task, next_action=variant).hyperparameters
         model = DeepSARSA("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
     else:
         next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")

@@ -78,6 +78,10 @@ OBJECTIVES = {
 #: trials finished before pruning starts
 PRUNE_STARTUP_TRIALS = 5
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: ``--next-action``'s value in a study's settings where its trials sample the variant (every study before the option)
+ANY_NEXT_ACTION = "any"
+#: the variants ``--next-action`` may fix
+NEXT_ACTIONS = ("sampled", "expected", "stored")
 
 
 def last_fraction_mean(curve: Sequence[Sequence[float]], fraction: float = LAST_FRACTION) -> float:
@@ -166,10 +170,22 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": tuning_seeds(args.seeds),
         "objective": OBJECTIVES[getattr(args, "objective", "last-20%")],
         "space": str(getattr(args, "space", "zoo")),
+        "next_action": str(getattr(args, "next_action", None) or ANY_NEXT_ACTION),
     }
+    if settings["next_action"] != ANY_NEXT_ACTION and settings["space"] != "near-preset":
+        raise ValueError("--next-action needs --space near-preset (rl-zoo3's space samples next_action itself)")
     if settings["eval_freq"] > settings["steps"]:
         raise ValueError(f"--eval-freq ({settings['eval_freq']}) must be at most the budget --steps ({settings['steps']})")
     return settings
+
+
+def variant_of(settings: dict[str, Any]) -> str | None:
+    """
+    :param settings: a study's settings (:func:`settings_of`, or a study's user attributes)
+    :return: the ``next_action`` the study fixes (``--next-action``), or None where its trials sample it
+    """
+    variant = settings.get("next_action", ANY_NEXT_ACTION)
+    return None if variant == ANY_NEXT_ACTION else str(variant)
 
 
 def make_objective(settings: dict[str, Any], prune: bool) -> Any:
@@ -187,7 +203,7 @@ def make_objective(settings: dict[str, Any], prune: bool) -> Any:
 
     def objective(trial: optuna.Trial) -> float:
         if settings.get("space", "zoo") == "near-preset":
-            sampled = sample_near_preset(trial, task)
+            sampled = sample_near_preset(trial, task, variant_of(settings))
         else:
             with experiment_settings(base, steps):
                 sampled = sample_deep_sarsa_params(trial, n_actions, 1, {})
@@ -248,6 +264,7 @@ NEAR_PRESET_OF: dict[str, dict[str, Any]] = {
         "gamma": [0.98, 0.99, 0.995, 0.999],
         "exploration_final_eps": (0.01, 0.15),
         "net_arch": ["medium", "big"],
+        "buffer_size": [10_000, 50_000, 100_000],  # --next-action stored only (sample_near_preset)
     },
     # rl-zoo: lr 4e-3, batch 128, train_freq 16 with 8 gradient steps, target every 600, gamma 0.98, exploration
     # over 20% down to 0.07, [256, 256]
@@ -273,6 +290,19 @@ NEAR_PRESET_OF: dict[str, dict[str, Any]] = {
         "exploration_final_eps": (0.0, 0.1),
         "net_arch": ["table", "small"],
     },
+    # around the hand-set entry (harness.HAND_SET, the preset): a Q-table, lr 5e-2, batch 64, one gradient step per
+    # env step, target every 500, exploration from 1.0 over 50% down to 0.1. No study without --next-action: the
+    # evaluation is greedy, so a sweep would trade the safe path (-15) for the cliff's edge (-13), docs/cliff_walking.md
+    "CliffWalking-v1": {
+        "learning_rate": (1e-2, 2e-1),
+        "train_freq": [1, 2, 4],
+        "gradient_ratio": [0.5, 1.0],
+        "target_update_interval": (50, 3000),
+        "exploration_fraction": (0.2, 0.8),
+        "exploration_final_eps": (0.02, 0.2),
+        "net_arch": ["table", "small"],
+        "buffer_size": [2_000, 10_000, 50_000],  # --next-action stored only (sample_near_preset)
+    },
 }
 
 
@@ -288,7 +318,9 @@ def near_preset_space(task: str) -> dict[str, Any]:
     return {**NEAR_PRESET, **NEAR_PRESET_OF.get(task, {})}
 
 
-def sample_near_preset(trial: optuna.trial.BaseTrial, task: str = "CartPole-v1") -> dict[str, Any]:
+def sample_near_preset(
+    trial: optuna.trial.BaseTrial, task: str = "CartPole-v1", next_action: str | None = None
+) -> dict[str, Any]:
     """
     ``--space near-preset``: DeepSARSA keywords from a space narrowed around the task's preset (rl-zoo's DQN
     entry), with the MSE loss. rl-zoo3's DQN space (``--space zoo``) gave most CartPole trials a greedy policy
@@ -297,12 +329,17 @@ def sample_near_preset(trial: optuna.trial.BaseTrial, task: str = "CartPole-v1")
 
     :param trial: the Optuna trial
     :param task: the study's task (its space: :func:`near_preset_space`)
+    :param next_action: the variant a study fixes (``--next-action``: the only choice of ``next_action``), or None
     :return: the keywords
     """
     space = near_preset_space(task)
+    if next_action is not None:
+        if next_action not in space["next_action"]:
+            raise ValueError(f"--next-action must be one of {space['next_action']}, got {next_action!r}")
+        space["next_action"] = [next_action]
     train_freq = trial.suggest_categorical("train_freq", space["train_freq"])
     ratio = trial.suggest_categorical("gradient_ratio", space["gradient_ratio"])
-    return {
+    keywords = {
         "next_action": trial.suggest_categorical("next_action", space["next_action"]),
         "loss": "mse",
         "learning_rate": trial.suggest_float("learning_rate", *space["learning_rate"], log=True),
@@ -315,14 +352,20 @@ def sample_near_preset(trial: optuna.trial.BaseTrial, task: str = "CartPole-v1")
         "exploration_final_eps": trial.suggest_float("exploration_final_eps", *space["exploration_final_eps"]),
         "policy_kwargs": {"net_arch": ARCHS[trial.suggest_categorical("net_arch", space["net_arch"])]},
     }
+    if next_action == "stored" and "buffer_size" in space:
+        # "stored" bootstraps on the action the policy took when the transition was collected, so the memory's age
+        # (how far its policies lag the current one) is part of the target: a study of the variant samples it
+        keywords["buffer_size"] = trial.suggest_categorical("buffer_size", space["buffer_size"])
+    return keywords
 
 
-def near_preset_params(task: str) -> dict[str, Any]:
+def near_preset_params(task: str, next_action: str | None = None) -> dict[str, Any]:
     """
     The task's preset as parameters of ``--space near-preset`` (the study's first trial). ``gradient_steps=-1``
     (as many gradient steps as env steps; the tuning env is a single one) is the ratio 1.
 
     :param task: a task with a preset
+    :param next_action: the variant a study fixes (``--next-action``): the preset with its ``next_action`` replaced
     :return: the parameters
     :raise ValueError: where the preset is not a point of the task's space
     """
@@ -344,13 +387,17 @@ def near_preset_params(task: str) -> dict[str, Any]:
         "exploration_final_eps": float(keywords.get("exploration_final_eps", 0.05)),
         "net_arch": next((name for name, value in ARCHS.items() if value == list(arch)), "medium"),
     }
+    if next_action is not None:
+        keywords["next_action"] = params["next_action"] = next_action
+    if next_action == "stored" and "buffer_size" in space:
+        params["buffer_size"] = int(keywords.get("buffer_size", 1_000_000))
     outside = {
         key: params[key]
         for key in ("learning_rate", "target_update_interval", "exploration_fraction", "exploration_final_eps")
         if not space[key][0] <= params[key] <= space[key][1]
     }
     try:
-        keywords_back = sample_near_preset(optuna.trial.FixedTrial(params), task)
+        keywords_back = sample_near_preset(optuna.trial.FixedTrial(params), task, next_action)
     except ValueError as error:  # a value that is not one of a categorical's choices
         raise ValueError(f"--space near-preset: the preset of {task} is outside the space ({error})") from None
     outside |= {key: keywords[key] for key, value in keywords_back.items() if key in keywords and keywords[key] != value}
@@ -422,10 +469,15 @@ def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = Fals
 
 
 def study_name(args: argparse.Namespace) -> str:
-    """``--study-name``, or ``TASK-worst-of-K``, then ``-SPACE`` unless it is zoo, then ``-area`` for that objective."""
+    """
+    ``--study-name``, or ``TASK-worst-of-K``, then ``-SPACE`` unless it is zoo, then ``-area`` for that objective, then
+    ``-VARIANT`` for ``--next-action``.
+    """
     space, objective = getattr(args, "space", "zoo"), getattr(args, "objective", "last-20%")
     name = f"{args.task}-worst-of-{args.seeds}" + ("" if space == "zoo" else f"-{space}")
-    return str(args.study_name or name + ("" if objective == "last-20%" else f"-{objective}"))
+    name += "" if objective == "last-20%" else f"-{objective}"
+    next_action = getattr(args, "next_action", None)
+    return str(args.study_name or name + ("" if next_action is None else f"-{next_action}"))
 
 
 def load(args: argparse.Namespace) -> optuna.Study:
@@ -466,9 +518,11 @@ def create_or_load(storage: optuna.storages.RDBStorage, name: str, settings: dic
                 raise
             time.sleep(0.2 + 0.3 * attempt)
     options = {"task": "--task", "steps": "--steps", "eval_freq": "--eval-freq", "episodes": "--eval-episodes"}
-    options |= {"seeds": "--seeds", "objective": "(the objective)", "space": "--space"}
+    options |= {"seeds": "--seeds", "objective": "(the objective)", "space": "--space", "next_action": "--next-action"}
+    # a study created before an option existed was run with the option's default
+    defaults = {"space": "zoo", "next_action": ANY_NEXT_ACTION}
     for key, option in options.items():
-        stored = study.user_attrs.get(key, "zoo" if key == "space" and study.user_attrs else None)
+        stored = study.user_attrs.get(key, defaults.get(key) if study.user_attrs else None)
         if stored is not None and stored != settings[key]:
             raise ValueError(
                 f"{option}: study {name!r} was run with {key}={stored!r}, not {settings[key]!r}; "
@@ -561,7 +615,7 @@ def _work_on(args: argparse.Namespace) -> int:
     storage = open_storage(storage_url(args), heartbeat=args.heartbeat)
     name = study_name(args)
     # near-preset: the preset itself is the study's first trial (checked before the study is created)
-    first = near_preset_params(settings["task"]) if settings["space"] == "near-preset" else None
+    first = near_preset_params(settings["task"], variant_of(settings)) if settings["space"] == "near-preset" else None
     study = create_or_load(storage, name, settings, prune=not args.no_prune)
     with warnings.catch_warnings():  # fail_stale_trials is "experimental" since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -577,12 +631,16 @@ def _work_on(args: argparse.Namespace) -> int:
         ]
         if args.minutes is not None:
             callbacks.append(Deadline(args.minutes))
+        failures = FailuresInARow()
+        callbacks.append(failures)
         study.optimize(
             make_objective(settings, prune=not args.no_prune),
             callbacks=callbacks,
             catch=(ValueError,),  # a trial that fails on its values (it should not) leaves the study going
             gc_after_trial=True,
         )
+        if failures.stopped:
+            return 1
     interrupts.check()
     states = [trial.state for trial in study.get_trials(deepcopy=False)]
     print(
@@ -592,6 +650,29 @@ def _work_on(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+class FailuresInARow:
+    """
+    An Optuna callback that stops the worker after :attr:`LIMIT` trials in a row failed on an error: a trial that
+    fails on its values leaves the study going (``catch``), but one that fails every time (a study resumed with a
+    space it was not created with, a broken env) would otherwise fail forever.
+    """
+
+    #: failed trials in a row that stop the worker
+    LIMIT = 3
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.stopped = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.count = self.count + 1 if trial.state == TrialState.FAIL else 0
+        if self.count >= self.LIMIT:
+            reason = trial.system_attrs.get("fail_reason", "see the log above")
+            print(f"{self.count} trials in a row failed (the last: {reason}); this worker stops", flush=True)
+            self.stopped = True
+            study.stop()
 
 
 class Deadline:
@@ -675,6 +756,8 @@ def export(args: argparse.Namespace) -> int:
     objective = next((key for key, text in OBJECTIVES.items() if text == attrs.get("objective")), "last-20%")
     budget += "" if space == "zoo" else f" --space {space}"
     budget += "" if objective == "last-20%" else f" --objective {objective}"
+    variant = variant_of(attrs)
+    budget += "" if variant is None else f" --next-action {variant}"
     scored = "area under the curve" if objective == "area" else "mean of its last 20% of evaluations"
     lines = [
         f"# Tuning DeepSARSA on {study.user_attrs.get('task')}: study `{study.study_name}`",
@@ -731,25 +814,33 @@ def _yaml_value(key: str, value: Any) -> str:
     raise ValueError(f"{key}={value!r}: no yml form for it")
 
 
-def preset_entry(study: optuna.Study) -> str:
+def preset_entry(study: optuna.Study, next_action: str | None = None) -> str:
     """
-    The best trial of ``study`` as an entry of ``deep_sarsa/hyperparams/deep_sarsa.yml``, with a note on how it was found.
+    The best trial of ``study`` as an entry of ``deep_sarsa/hyperparams/deep_sarsa.yml`` (or, for a variant, of
+    ``deep_sarsa_VARIANT.yml``), with a note on how it was found.
 
     :param study: a study of this script
+    :param next_action: only the trials of this variant (a study of ``--next-action`` has no other), or None: all
     :return: the entry's text
     """
-    best = best_trials(study, 1)
+    ranked = best_trials(study, len(study.trials))
+    best = [trial for trial in ranked if next_action is None or trial.params.get("next_action") == next_action]
     if not best:
-        raise ValueError(f"study {study.study_name!r} has no complete trial yet")
+        variant = "" if next_action is None else f" with next_action {next_action!r}"
+        raise ValueError(f"study {study.study_name!r} has no complete trial{variant} yet")
     trial = best[0]
     task = str(study.user_attrs["task"])
     space = str(study.user_attrs.get("space", "zoo"))
-    hyperparameters = {**hyperparameters_of(task), **_converted(trial, task, int(study.user_attrs["steps"]), space)}
+    converted = _converted(trial, task, int(study.user_attrs["steps"]), space, variant_of(study.user_attrs))
+    hyperparameters = {**hyperparameters_of(task), **converted}
     trials = len(study.get_trials(deepcopy=False, states=FINISHED))
     scores = ", ".join(f"{s:.1f}" for s in trial.user_attrs.get("seed_scores", []))
+    which = f"trial {trial.number}"
+    if next_action is not None and variant_of(study.user_attrs) is None:
+        which += f" (its best of the {len(best)} complete trials with next_action {next_action!r})"
     lines = [
         f"{task}:",
-        f"  # found by study {study.study_name!r} (benchmarks/tune.py), {trials} trials, trial {trial.number}: objective",
+        f"  # found by study {study.study_name!r} (benchmarks/tune.py), {trials} trials, {which}: objective",
         f"  # {study.user_attrs.get('objective')} = {trial.value:.2f} (seeds {scores}); budget {_budget(study)}",
         f"  n_timesteps: !!float {float(study.user_attrs['steps']):.4g}",
         "  policy: 'MlpPolicy'",
@@ -769,12 +860,14 @@ def preset_entry(study: optuna.Study) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _converted(trial: FrozenTrial, task: str, steps: int, space: str = "zoo") -> dict[str, Any]:
-    """The trial's DeepSARSA keywords, as its objective built them."""
+def _converted(
+    trial: FrozenTrial, task: str, steps: int, space: str = "zoo", next_action: str | None = None
+) -> dict[str, Any]:
+    """The trial's DeepSARSA keywords, as its objective built them (``next_action``: the study's ``--next-action``)."""
     from deep_sarsa.zoo.sampler import convert_deep_sarsa_params
 
     if space == "near-preset":
-        return sample_near_preset(optuna.trial.FixedTrial(trial.params), task)
+        return sample_near_preset(optuna.trial.FixedTrial(trial.params), task, next_action)
     base = hyperparameters_of(task)
     converted = convert_deep_sarsa_params(trial.params, base.get("policy_kwargs"))
     if "learning_starts" in trial.user_attrs:
@@ -783,8 +876,8 @@ def _converted(trial: FrozenTrial, task: str, steps: int, space: str = "zoo") ->
 
 
 def print_preset(args: argparse.Namespace) -> int:
-    """Print the best trial as a yml entry."""
-    print(preset_entry(load(args)), end="")
+    """Print the best trial (of ``--next-action``'s variant, where given) as a yml entry."""
+    print(preset_entry(load(args), getattr(args, "next_action", None)), end="")
     return 0
 
 
@@ -803,7 +896,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("--task", required=True, choices=TUNABLE_TASKS)
         command.add_argument("--storage", help=storage_help + " (default: sqlite:///benchmarks/studies/TASK.db)")
         command.add_argument(
-            "--study-name", help="default: TASK-worst-of-SEEDS, then -SPACE unless it is zoo, then -area for that objective"
+            "--study-name",
+            help="default: TASK-worst-of-SEEDS, then -SPACE unless it is zoo, then -area for that objective, then "
+            "-VARIANT for --next-action",
         )
         command.add_argument("--seeds", type=_positive(int), default=3, help="tuning seeds per trial (default 3)")
         command.add_argument(
@@ -818,6 +913,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             default="last-20%",
             help="a seed's score: the mean of its last 20%% of evaluations (default) or its area under the curve; "
             "a trial's is its worst seed's",
+        )
+        command.add_argument(
+            "--next-action",
+            choices=NEXT_ACTIONS,
+            help="fix DeepSARSA's next_action (a per-variant preset; needs --space near-preset): the study's trials "
+            "sample every other keyword, and its first trial is the task's preset with this variant",
         )
         parsers[name] = command
     study_parser = parsers["study"]

@@ -10,9 +10,11 @@ wall-clock time to solve: the seconds of training (evaluations left out) before 
 above the threshold after which every evaluation stays there (a seed that is not there at the end counts as
 never). Then it checks the preset against DQN: median final return at least DQN's, IQR at most DQN's, median
 time to solve at most half DQN's (and on CartPole: at least 9 of the seeds at 500 at the end and at least 475
-over the last 20%).
+over the last 20%). A per-variant preset (``preset(task, next_action=VARIANT)``, ``--variants``) gets the same
+table row and numbers against DQN; the goals are the task preset's.
 
     python benchmarks/validate.py run --tasks CartPole-v1 --seeds 10 --workers 2   # jobs in benchmarks/validation/
+    python benchmarks/validate.py run --tasks CartPole-v1 --variants expected     # and a per-variant preset
     python benchmarks/validate.py report                                          # results/validation.md + .png
 """
 
@@ -31,9 +33,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import harness
 from tune import last_fraction_mean
 
+from deep_sarsa.presets import NEXT_ACTIONS, preset
+
 RUNS = Path(__file__).parent / "validation"
 OUTPUT = Path(__file__).parent / "results" / "validation.md"
 ALGORITHMS = ["dqn", "sarsa-preset"]
+#: the per-variant presets (``run --variants``), reported where their results exist
+VARIANT_ALGORITHMS = [f"sarsa-preset-{variant}" for variant in NEXT_ACTIONS]
 #: the tasks that have a preset and a DQN entry in the harness
 TASKS = ["CartPole-v1", "Acrobot-v1", "MountainCar-v0", "LunarLander-v3", "Taxi-v4", "CliffWalking-v1"]
 #: CartPole's extra bar: this many of 10 seeds at the maximum return at the end
@@ -162,10 +168,12 @@ def report(args: argparse.Namespace) -> int:
     ]
     verdicts = []
     figure, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.2 * len(tasks)), squeeze=False)
+    variant_lines = []
     for row, task in enumerate(tasks):
-        numbers = {a: summary(grouped[task, a], task) for a in ALGORITHMS}
+        algorithms = ALGORITHMS + [a for a in VARIANT_ALGORITHMS if (task, a) in grouped]
+        numbers = {a: summary(grouped[task, a], task) for a in algorithms}
         threshold = threshold_of(task)
-        for algorithm in ALGORITHMS:
+        for algorithm in algorithms:
             n = numbers[algorithm]
             solved = "n/a" if n["solved_last"] is None else f"{n['solved_last']}/{n['seeds']} (>= {threshold:g})"
             at_max = "n/a" if n["at_max_end"] is None else f"{n['at_max_end']}/{n['seeds']}"
@@ -179,7 +187,12 @@ def report(args: argparse.Namespace) -> int:
         seeds = min(numbers[a]["seeds"] for a in ALGORITHMS)
         partial = f" (only {seeds} seeds so far: the goals are set on 10)" if seeds < 10 else ""
         verdicts.append(f"- **{task}**{partial}: " + "; ".join(f"{what}: {'yes' if met else 'NO'}" for what, met in bars))
-        for algorithm in ALGORITHMS:
+        for algorithm in algorithms[len(ALGORITHMS) :]:
+            bars = checks(task, numbers[algorithm], numbers["dqn"])
+            variant_lines.append(
+                f"- **{task}**, `{algorithm}`: " + "; ".join(f"{what}: {'yes' if met else 'no'}" for what, met in bars)
+            )
+        for algorithm in algorithms:
             results = grouped[task, algorithm]
             steps = [point[0] for point in results[0]["curve"]]
             curves = np.array([[point[1] for point in r["curve"]] for r in results])
@@ -221,6 +234,18 @@ def report(args: argparse.Namespace) -> int:
             "",
             *verdicts,
             "",
+            *(
+                [
+                    "The per-variant presets (`deep_sarsa/hyperparams/deep_sarsa_VARIANT.yml`, `preset(task, "
+                    "next_action=VARIANT)`) against DQN, the same bars (they are not the goals: those are the task "
+                    "preset's):",
+                    "",
+                    *variant_lines,
+                    "",
+                ]
+                if variant_lines
+                else []
+            ),
             f"![curves]({args.output.with_suffix('.png').name})",
             "",
             f"Machine: {first.get('cpu', 'CPU model not recorded')}, {first['machine']} (two jobs at a time, one per "
@@ -229,7 +254,14 @@ def report(args: argparse.Namespace) -> int:
             "",
             f"Reproduce: `python benchmarks/validate.py run --tasks {' '.join(tasks)} --seeds "
             f"{max(len(grouped[t, a]) for t in tasks for a in ALGORITHMS)} --workers 2`, then "
-            "`python benchmarks/validate.py report`.",
+            "`python benchmarks/validate.py report`."
+            + "".join(
+                f" {algorithm}: `python benchmarks/validate.py run --tasks {task} --variants "
+                f"{algorithm.removeprefix('sarsa-preset-')} --seeds {len(grouped[task, algorithm])} --workers 2`."
+                for task in tasks
+                for algorithm in VARIANT_ALGORITHMS
+                if (task, algorithm) in grouped
+            ),
         ]
     )
     args.output.write_text(text + "\n")
@@ -238,7 +270,10 @@ def report(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The validation grid: the harness's ``grid`` with DQN and the preset, results in ``--runs``."""
+    """The validation grid: the harness's ``grid`` with DQN, the preset and ``--variants``' presets, results in ``--runs``."""
+    for variant in args.variants:
+        for task in args.tasks:
+            preset(task, next_action=variant)  # a task without that variant's preset: the error names it, before any job
     return harness.main(
         [
             "grid",
@@ -246,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
             *args.tasks,
             "--algorithms",
             *ALGORITHMS,
+            *(f"sarsa-preset-{variant}" for variant in args.variants),
             "--seeds",
             str(args.seeds),
             "--workers",
@@ -263,6 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_parser.add_argument("--tasks", nargs="+", default=TASKS[:4], choices=TASKS)
     run_parser.add_argument("--seeds", type=harness._positive(int), default=10)
     run_parser.add_argument("--workers", type=harness._positive(int), default=2)
+    run_parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[],
+        choices=NEXT_ACTIONS,
+        help="also the per-variant presets of these next_action variants (preset(task, next_action=VARIANT))",
+    )
     report_parser = commands.add_parser("report", help="the table, the checks against DQN and the curves")
     report_parser.add_argument("--output", type=Path, default=OUTPUT)
     for command in (run_parser, report_parser):

@@ -8,6 +8,11 @@ beside it there and in ``benchmarks/RESULTS.md``)::
     entry = preset("CartPole-v1")
     model = DeepSARSA(entry.policy, "CartPole-v1", **entry.hyperparameters).learn(entry.n_timesteps)
 
+Each task's preset uses the ``next_action`` that tuned best on it. Where another variant's results were weak
+with the preset's (or rl-zoo's) hyperparameters and a sweep found better ones for it, a per-variant preset
+holds them (``deep_sarsa/hyperparams/deep_sarsa_VARIANT.yml``, the same format; ``preset(env_id,
+next_action="stored")``). ``README.md`` ("Which next_action") lists them with their results.
+
 ``RL_ZOO_DQN`` holds rl-baselines3-zoo's DQN entries (``hyperparams/dqn.yml``) for the classic
 control tasks, without the zoo-only keys (``n_timesteps``, ``policy``): since DeepSARSA accepts
 every DQN keyword with the same meaning, each entry can be passed as is,
@@ -24,6 +29,12 @@ import yaml
 
 #: DeepSARSA's presets, in rl-zoo's format
 PRESETS_FILE = Path(str(resources.files("deep_sarsa") / "hyperparams" / "deep_sarsa.yml"))
+#: the ``next_action`` variants of DeepSARSA
+NEXT_ACTIONS = ("sampled", "expected", "stored")
+#: per-variant presets, in rl-zoo's format (a file for each variant that has one)
+VARIANT_PRESETS_FILES = {
+    variant: Path(str(resources.files("deep_sarsa") / "hyperparams" / f"deep_sarsa_{variant}.yml")) for variant in NEXT_ACTIONS
+}
 #: rl-zoo3's entries for env ids a file does not list (``default``) and for Atari games (``atari``): not presets
 ZOO_FALLBACK_ENTRIES = ("default", "atari")
 
@@ -178,14 +189,47 @@ def load_presets(path: str | Path = PRESETS_FILE) -> dict[str, Preset]:
     return presets
 
 
-def preset(env_id: str) -> Preset:
+def variant_presets(next_action: str) -> dict[str, Preset]:
+    """
+    The per-variant presets of ``next_action`` (:data:`VARIANT_PRESETS_FILES`), without the task presets that
+    already use it.
+
+    :param next_action: one of :data:`NEXT_ACTIONS`
+    :return: the presets by env id (empty where the variant has none)
+    """
+    if next_action not in NEXT_ACTIONS:
+        raise ValueError(f"next_action must be one of {list(NEXT_ACTIONS)}, got {next_action!r}")
+    path = VARIANT_PRESETS_FILES[next_action]
+    presets = load_presets(path) if path.is_file() else {}
+    for env_id, entry in presets.items():
+        if entry.hyperparameters.get("next_action") != next_action:
+            raise ValueError(f"{path}: the entry {env_id!r} must have next_action {next_action!r}")
+    return presets
+
+
+def preset(env_id: str, next_action: str | None = None) -> Preset:
     """
     DeepSARSA's preset for ``env_id`` (a fresh copy each call, safe to modify).
 
     :param env_id: one of the env ids in :data:`PRESETS_FILE`
+    :param next_action: a variant (one of :data:`NEXT_ACTIONS`): the hyperparameters tuned for it, which are the
+        task's preset where it uses that variant, else its per-variant preset (:func:`variant_presets`); None: the
+        task's preset, whichever variant it uses
     :return: the policy name, the budget and the keyword arguments
     """
     presets = load_presets()
     if env_id not in presets:
         raise ValueError(f"no DeepSARSA preset for env_id={env_id!r}; presets exist for {sorted(presets)}")
-    return presets[env_id]
+    if next_action is None or presets[env_id].hyperparameters.get("next_action") == next_action:
+        return presets[env_id]
+    per_variant = variant_presets(next_action)
+    if env_id not in per_variant:
+        tuned = sorted(per_variant) + sorted(
+            other for other, entry in presets.items() if entry.hyperparameters.get("next_action") == next_action
+        )
+        raise ValueError(
+            f"no DeepSARSA preset for env_id={env_id!r} with next_action={next_action!r} (its preset uses "
+            f"{presets[env_id].hyperparameters.get('next_action')!r}; {next_action!r} has presets for {sorted(tuned)}). "
+            f"Untuned, pass next_action={next_action!r} with preset({env_id!r}).hyperparameters"
+        )
+    return per_variant[env_id]

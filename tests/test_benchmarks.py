@@ -64,13 +64,28 @@ def test_committed_dqn_and_grid_results_were_trained_with_the_keywords_the_harne
     checked = 0
     for path in sorted([*root.glob("runs/*/*/seed*.json"), *root.glob("validation/*/dqn/seed*.json")]):
         result = json.loads(path.read_text())
-        if result["algorithm"] == "sarsa-preset" or result["task"] not in harness.TASKS:
+        if result["algorithm"].startswith("sarsa-preset") or result["task"] not in harness.TASKS:
             continue
         keywords = {key: str(value) for key, value in harness.hyperparameters_of(result["task"]).items()}
         recorded = {key: value for key, value in result["hyperparameters"].items() if key not in ("next_action", "loss")}
         assert recorded == keywords, path
         checked += 1
     assert checked >= 6 * 5 * 4 + 6 * 10  # the grid (6 tasks, 4 algorithms, 5 seeds) and DQN's validation runs
+
+
+def test_committed_preset_validations_were_trained_with_the_shipped_presets() -> None:
+    # validation.md's rows are the presets a user gets now: preset(task) and preset(task, next_action=VARIANT)
+    from deep_sarsa.presets import preset
+
+    root = Path(harness.__file__).parent
+    algorithms: set[str] = set()
+    for path in sorted(root.glob("validation/*/sarsa-preset*/seed*.json")):
+        result = json.loads(path.read_text())
+        variant = result["algorithm"].removeprefix("sarsa-preset").removeprefix("-") or None
+        wanted = preset(result["task"], next_action=variant).hyperparameters
+        assert result["hyperparameters"] == {key: str(value) for key, value in wanted.items()}, path
+        algorithms.add(result["algorithm"])
+    assert "sarsa-preset" in algorithms and len(algorithms) >= 2, algorithms  # the presets and at least one variant
 
 
 @pytest.mark.parametrize("task", [task for task in harness.TASKS if task not in harness.LECTURE_TASKS])

@@ -7,8 +7,8 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 
-from deep_sarsa import DeepSARSA
-from deep_sarsa.presets import PRESETS_FILE, load_presets, parse_policy_kwargs, preset
+from deep_sarsa import DeepSARSA, presets
+from deep_sarsa.presets import NEXT_ACTIONS, PRESETS_FILE, load_presets, parse_policy_kwargs, preset, variant_presets
 
 ROOT = Path(__file__).parent.parent
 TASKS = ["CartPole-v1", "Acrobot-v1", "MountainCar-v0", "LunarLander-v3", "Taxi-v4", "CliffWalking-v1"]
@@ -33,9 +33,9 @@ def test_each_entry_builds_a_model(env_id: str) -> None:
     assert model.policy.net_arch == entry.hyperparameters["policy_kwargs"]["net_arch"]
 
 
-def study_of(env_id: str) -> str | None:
+def study_of(env_id: str, path: Path = PRESETS_FILE) -> str | None:
     """The study an entry's note says it was found by (benchmarks/tune.py), None for the others."""
-    text = PRESETS_FILE.read_text()
+    text = path.read_text()
     block = text[text.index(f"\n{env_id}:\n") :].split("\n\n")[0]
     match = re.search(r"# found by study '([^']+)'", block)
     return match[1] if match else None
@@ -79,6 +79,66 @@ def test_tuned_entries_are_the_best_trial_of_their_study(env_id: str) -> None:
     expected = {**tune.hyperparameters_of(env_id), **tune._converted(best, env_id, int(study.user_attrs["steps"]), space)}
     assert preset(env_id).hyperparameters == expected
     assert preset(env_id).n_timesteps == study.user_attrs["steps"]
+
+
+#: (variant, env id) of every shipped per-variant preset
+PER_VARIANT = [(variant, env_id) for variant in NEXT_ACTIONS for env_id in sorted(variant_presets(variant))]
+
+
+def test_per_variant_presets_are_for_variants_the_task_preset_does_not_use() -> None:
+    assert PER_VARIANT, "no per-variant preset is shipped"
+    for variant, env_id in PER_VARIANT:
+        assert env_id in TASKS and preset(env_id).hyperparameters["next_action"] != variant
+        assert presets.VARIANT_PRESETS_FILES[variant].parent == PRESETS_FILE.parent  # shipped inside the package
+        entry = preset(env_id, next_action=variant)
+        assert entry.hyperparameters["next_action"] == variant and entry == variant_presets(variant)[env_id]
+        # the env's own settings (time limit, wrappers) are the task preset's
+        assert (entry.env_kwargs, entry.env_wrapper) == (preset(env_id).env_kwargs, preset(env_id).env_wrapper)
+        DeepSARSA(entry.policy, gym.make(env_id) if env_id != "LunarLander-v3" else "CartPole-v1", **entry.hyperparameters)
+
+
+@pytest.mark.parametrize(("variant", "env_id"), PER_VARIANT)
+def test_per_variant_presets_are_the_best_trial_of_their_variant(variant: str, env_id: str) -> None:
+    # as for the task presets: the note names the study, whose best trial of the variant gives the entry (`tune.py
+    # preset --next-action VARIANT`), and every one of its tuning seeds ends at the task's threshold
+    optuna = pytest.importorskip("optuna")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tune
+    import validate
+
+    name = study_of(env_id, presets.VARIANT_PRESETS_FILES[variant])
+    assert name is not None
+    storage = f"sqlite:///{ROOT / 'benchmarks' / 'studies' / (env_id + '.db')}"
+    study = optuna.load_study(study_name=name, storage=storage)
+    best = next(trial for trial in tune.best_trials(study, len(study.trials)) if trial.params["next_action"] == variant)
+    threshold = validate.threshold_of(env_id)
+    last_20 = [tune.last_fraction_mean(curve) for curve in best.user_attrs["curves"]]
+    assert threshold is not None and min(last_20) >= threshold, last_20
+    space, steps = str(study.user_attrs.get("space", "zoo")), int(study.user_attrs["steps"])
+    converted = tune._converted(best, env_id, steps, space, tune.variant_of(study.user_attrs))
+    assert preset(env_id, next_action=variant).hyperparameters == {**tune.hyperparameters_of(env_id), **converted}
+    assert preset(env_id, next_action=variant).n_timesteps == steps
+
+
+def test_preset_of_a_variant(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the task preset where it uses the variant; the per-variant file's entry where it has one; an error otherwise
+    assert preset("CartPole-v1", next_action=preset("CartPole-v1").hyperparameters["next_action"]) == preset("CartPole-v1")
+    files = {variant: tmp_path / f"{variant}.yml" for variant in NEXT_ACTIONS}
+    files["stored"].write_text("CartPole-v1:\n  n_timesteps: 1000\n  next_action: 'stored'\n  gamma: 0.5\n")
+    files["expected"].write_text("CartPole-v1:\n  n_timesteps: 1000\n  next_action: 'sampled'\n")
+    monkeypatch.setattr(presets, "VARIANT_PRESETS_FILES", files)
+    entry = preset("CartPole-v1", next_action="stored")
+    assert entry.n_timesteps == 1000 and entry.hyperparameters == {"next_action": "stored", "gamma": 0.5}
+    uses_stored = sorted(e for e in TASKS if preset(e).hyperparameters["next_action"] == "stored")
+    other = next(e for e in TASKS if e != "CartPole-v1" and preset(e).hyperparameters["next_action"] != "stored")
+    with pytest.raises(ValueError, match="no DeepSARSA preset") as error:
+        preset(other, next_action="stored")
+    assert f"env_id={other!r} with next_action='stored'" in str(error.value)
+    assert f"'stored' has presets for {sorted(['CartPole-v1', *uses_stored])}" in str(error.value)
+    with pytest.raises(ValueError, match=r"expected\.yml: the entry 'CartPole-v1' must have next_action 'expected'"):
+        preset("CartPole-v1", next_action="expected")
+    with pytest.raises(ValueError, match="next_action must be one of"):
+        preset("CartPole-v1", next_action="greedy")
 
 
 def test_preset_is_a_fresh_copy() -> None:

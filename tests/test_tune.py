@@ -1,5 +1,6 @@
 """benchmarks/tune.py: the worst-of-seeds objective, workers sharing one SQLite study, a SIGKILLed worker, bad arguments."""
 
+import argparse
 import os
 import signal
 import sqlite3
@@ -241,18 +242,20 @@ def test_a_preset_found_by_the_study_is_not_trained_again(monkeypatch: pytest.Mo
     study = optuna.load_study(study_name="CartPole-v1-worst-of-3-near-preset", storage=storage)
     found = study.get_trials()[1]
     assert "fixed_params" not in found.system_attrs  # sampled, not queued
-    monkeypatch.setattr(tune, "near_preset_params", lambda task: dict(found.params))
+    monkeypatch.setattr(tune, "near_preset_params", lambda task, next_action=None: dict(found.params))
     assert tune.main([*common, "--trials", "3"]) == 0
     assert ["fixed_params" in trial.system_attrs for trial in study.get_trials()] == [True, False, False]
     # a preset no trial has measured is queued
     monkeypatch.setattr(
-        tune, "near_preset_params", lambda task: {**found.params, "gamma": 0.98 if found.params["gamma"] != 0.98 else 0.99}
+        tune,
+        "near_preset_params",
+        lambda task, next_action=None: {**found.params, "gamma": 0.98 if found.params["gamma"] != 0.98 else 0.99},
     )
     assert tune.main([*common, "--trials", "4"]) == 0
     assert ["fixed_params" in trial.system_attrs for trial in study.get_trials()] == [True, False, False, True]
 
 
-@pytest.mark.parametrize("task", ["Acrobot-v1", "MountainCar-v0", "Taxi-v4"])
+@pytest.mark.parametrize("task", ["Acrobot-v1", "MountainCar-v0", "Taxi-v4", "CliffWalking-v1"])
 def test_each_task_has_a_near_preset_space_around_its_own_preset(
     task: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -283,15 +286,146 @@ def test_each_task_has_a_near_preset_space_around_its_own_preset(
         DeepSARSA("MlpPolicy", task, device="cpu", **keywords)
 
 
-def test_near_preset_refuses_a_preset_outside_its_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # CliffWalking's preset is a Q-table trained every step (train_freq=1): it has no space of its own, and
-    # CartPole's has neither value
+def test_near_preset_refuses_a_preset_outside_its_space(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # CliffWalking's preset is a Q-table trained every step (train_freq=1): without a space of its own, CartPole's
+    # has neither value
+    monkeypatch.delitem(tune.NEAR_PRESET_OF, "CliffWalking-v1")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     with pytest.raises(SystemExit) as exit_:
         tune.main(["study", "--task", "CliffWalking-v1", "--space", "near-preset", "--storage", storage, "--trials", "1"])
     assert exit_.value.code == 2
     assert "--space near-preset: the preset of CliffWalking-v1 is outside the space" in capsys.readouterr().err
     assert not (tmp_path / "study.db").exists() or not optuna.get_all_study_summaries(storage)  # no study was created
+
+
+def fake_any_task(monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]], score: Any = None) -> None:
+    """Training replaced by a flat curve: ``score(hyperparameters, seed)``, or -100 everywhere."""
+
+    def train(task: str, hyperparameters: dict[str, Any], seed: int, steps: int, eval_freq: int, episodes: int) -> Any:
+        calls.append(dict(hyperparameters))
+        return curve(*[-100.0 if score is None else score(hyperparameters, seed)] * 10)
+
+    monkeypatch.setattr(tune, "train_seed", train)
+
+
+def test_next_action_fixes_the_variant_and_starts_from_the_preset_with_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[dict[str, Any]] = []
+    # the larger the buffer, the worse: the best trial is known without reading the code
+    fake_any_task(monkeypatch, calls, lambda keywords, seed: -keywords["buffer_size"] / 1000 - seed % 1000)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["--task", "CliffWalking-v1", "--storage", storage, "--space", "near-preset", "--next-action", "stored"]
+    assert tune.main(["study", *common, "--trials", "6", "--no-prune"]) == 0
+    study = optuna.load_study(study_name="CliffWalking-v1-worst-of-3-near-preset-stored", storage=storage)
+    assert study.user_attrs["next_action"] == "stored"
+    # every trial trains "stored"; trial 0 is the task's preset with "stored" (the preset itself uses "sampled")
+    assert preset("CliffWalking-v1").hyperparameters["next_action"] == "sampled"
+    assert {keywords["next_action"] for keywords in calls} == {"stored"}
+    wanted = {**preset("CliffWalking-v1").hyperparameters, "next_action": "stored"}
+    assert {key: calls[0][key] for key in wanted} == wanted
+    # "stored" bootstraps on the actions its memory kept: the memory's size is sampled, from the task's choices
+    space = tune.near_preset_space("CliffWalking-v1")
+    assert {keywords["buffer_size"] for keywords in calls} <= set(space["buffer_size"])
+    assert all("buffer_size" in trial.params for trial in study.get_trials())
+    # the yml entry: the best trial (the smallest memory; seed 1002's score is the worst), next_action "stored"
+    best = tune.best_trials(study, 1)[0]
+    assert best.value == -min(keywords["buffer_size"] for keywords in calls) / 1000 - 2
+    capsys.readouterr()  # the study's log
+    assert tune.main(["preset", *common]) == 0
+    (tmp_path / "stored.yml").write_text(capsys.readouterr().out)
+    entry = load_presets(tmp_path / "stored.yml")["CliffWalking-v1"]
+    trained = calls[3 * best.number]
+    assert entry.hyperparameters == {key: trained[key] for key in entry.hyperparameters}
+    assert entry.hyperparameters["next_action"] == "stored" and entry.env_kwargs == {"max_episode_steps": 200}
+    # the export's command to resume names the variant
+    assert tune.main(["export", *common, "--out", str(tmp_path / "t.md")]) == 0
+    assert "--space near-preset --next-action stored`" in (tmp_path / "t.md").read_text()
+    # a study of one variant is not continued with another, nor with the variant sampled
+    for other in (["--next-action", "expected"], []):
+        with pytest.raises(SystemExit) as exit_:
+            tune.main(["study", *common[:-2], *other, "--study-name", study.study_name, "--trials", "7"])
+        assert exit_.value.code == 2
+        assert f"--next-action: study {study.study_name!r} was run with next_action='stored'" in capsys.readouterr().err
+
+
+def test_a_study_from_before_next_action_resumes_as_sampling_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the kept studies were created before --next-action: their settings have no next_action
+    calls: list[dict[str, Any]] = []
+    fake_any_task(monkeypatch, calls)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["--task", "Taxi-v4", "--storage", storage, "--space", "near-preset", "--no-prune"]
+    old = optuna.create_study(study_name="Taxi-v4-worst-of-3-near-preset", storage=storage, direction="maximize")
+    arguments = dict(task="Taxi-v4", steps=None, eval_freq=None, eval_episodes=20, seeds=3, space="near-preset")
+    for key, value in tune.settings_of(argparse.Namespace(**arguments)).items():
+        if key != "next_action":
+            old.set_user_attr(key, value)
+    assert tune.main(["study", *common, "--trials", "2"]) == 0
+    trials = old.get_trials()
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 2
+    assert old.user_attrs.get("next_action") is None  # still sampled: trial 1 had all three variants to choose from
+    distribution = trials[1].distributions["next_action"]
+    assert isinstance(distribution, optuna.distributions.CategoricalDistribution)
+    assert distribution.choices == ("sampled", "expected", "stored")
+    with pytest.raises(SystemExit) as exit_:
+        tune.main(["study", *common, "--next-action", "sampled", "--study-name", old.study_name, "--trials", "3"])
+    assert exit_.value.code == 2 and len(old.get_trials()) == 2
+    # a free study never samples the memory's size, not even for its "stored" trials
+    assert all("buffer_size" not in trial.params for trial in old.get_trials())
+
+
+def test_a_worker_whose_trials_all_fail_stops(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a trial that fails on a ValueError leaves the study going; three in a row stop the worker (not a loop forever)
+    def broken(*args: Any) -> Any:
+        raise ValueError("the env is broken")
+
+    monkeypatch.setattr(tune, "train_seed", broken)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert tune.main(["study", "--task", "CartPole-v1", "--storage", storage, "--trials", "5"]) == 1
+    trials = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage).get_trials()
+    assert [trial.state for trial in trials] == [TrialState.FAIL] * 3
+    assert "3 trials in a row failed" in capsys.readouterr().out
+
+
+def test_next_action_needs_the_near_preset_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with pytest.raises(SystemExit) as exit_:
+        tune.main(["study", "--task", "CartPole-v1", "--storage", storage, "--next-action", "stored", "--trials", "1"])
+    assert exit_.value.code == 2
+    assert "--next-action needs --space near-preset" in capsys.readouterr().err
+
+
+def test_preset_of_one_variant_from_a_study_that_samples_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # scores by variant: "sampled" 300 + lr, "expected" 200 + lr, "stored" 100 + lr (lr in 1e-3 units)
+    base = {"sampled": 300.0, "expected": 200.0, "stored": 100.0}
+    calls: list[dict[str, Any]] = []
+    fake_any_task(monkeypatch, calls, lambda keywords, seed: base[keywords["next_action"]] + keywords["learning_rate"] * 1e3)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["--task", "CartPole-v1", "--storage", storage, "--space", "near-preset"]
+    assert tune.main(["study", *common, "--trials", "12", "--no-prune"]) == 0
+    study = optuna.load_study(study_name="CartPole-v1-worst-of-3-near-preset", storage=storage)
+    named = [*common, "--study-name", study.study_name]
+    capsys.readouterr()  # the study's log
+    for variant in sorted({trial.params["next_action"] for trial in study.get_trials()}):
+        ours = [trial for trial in study.get_trials() if trial.params["next_action"] == variant]
+        best = max(ours, key=lambda trial: trial.params["learning_rate"])
+        assert tune.main(["preset", *named, "--next-action", variant]) == 0
+        text = capsys.readouterr().out
+        assert f"trial {best.number} (its best of the {len(ours)} complete trials with next_action {variant!r})" in text
+        (tmp_path / "entry.yml").write_text(text)
+        keywords = load_presets(tmp_path / "entry.yml")["CartPole-v1"].hyperparameters
+        assert keywords["next_action"] == variant and keywords["learning_rate"] == best.params["learning_rate"]
+    missing = set(base) - {trial.params["next_action"] for trial in study.get_trials()}
+    for variant in missing:  # a variant no trial sampled: the error says so
+        with pytest.raises(SystemExit):
+            tune.main(["preset", *named, "--next-action", variant])
+        assert f"no complete trial with next_action {variant!r}" in capsys.readouterr().err
 
 
 def run_tune(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

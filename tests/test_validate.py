@@ -91,6 +91,26 @@ def test_report_checks_the_preset_against_dqn(tmp_path: Path) -> None:
     # last 20% (the last evaluation of 4): 500, 500, 500, 490 -> all >= 475; 3 of 4 at 500 (ceil(3.6) = 4 needed)
     assert "3/4 seeds at 500 at the end (>= 4): NO" in text and "4/4 seeds >= 475 over the last 20% (>= 4): yes" in text
     assert output.with_suffix(".png").stat().st_size > 1000
+    assert "per-variant presets" not in text  # none run
+    # a per-variant preset: finals 300 on every seed (IQR 0), solved never (below 475): a row and its numbers
+    write(tmp_path, [result("sarsa-preset-stored", s, [100, 200, 300, 300], [10, 20, 30, 40]) for s in range(4)])
+    assert validate.main(["report", "--runs", str(tmp_path), "--output", str(output)]) == 0
+    text = output.read_text()
+    assert "| CartPole-v1 | sarsa-preset-stored | 4 | 300.0 [300.0, 300.0] |" in text
+    line = next(line for line in text.splitlines() if line.startswith("- **CartPole-v1**, `sarsa-preset-stored`"))
+    assert "median final 300.0 >= DQN's 350.0: no" in line and "IQR width 0.0 <= DQN's 150.0: yes" in line
+    assert "--tasks CartPole-v1 --variants stored --seeds 4" in text
+    # the task preset's verdict is unchanged
+    assert "3/4 seeds at 500 at the end (>= 4): NO" in text
+
+
+def test_a_variant_without_its_preset_is_refused_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    variant = next(v for v in ("sampled", "expected", "stored") if v != preset("Taxi-v4").hyperparameters["next_action"])
+    with pytest.raises(SystemExit) as exit_:
+        validate.main(["run", "--tasks", "Taxi-v4", "--variants", variant, "--runs", str(tmp_path), "--seeds", "1"])
+    assert exit_.value.code == 2
+    assert f"no DeepSARSA preset for env_id='Taxi-v4' with next_action={variant!r}" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/*/seed*.json"))
 
 
 def test_report_without_both_algorithms_names_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,3 +130,8 @@ def test_a_preset_job_trains_the_preset_and_times_its_evaluations(tmp_path: Path
     seconds = run["curve_seconds"]
     assert len(seconds) == len(run["curve"]) == 3
     assert 0 < seconds[0] < seconds[1] < seconds[2] <= run["train_seconds"] + 1e-6
+    # a per-variant preset job trains preset(task, next_action=VARIANT)
+    variant, env_id = "expected", "CartPole-v1"
+    run = json.loads(harness.run_job((env_id, f"sarsa-preset-{variant}", 0, 1, tmp_path)).read_text())
+    wanted = preset(env_id, next_action=variant).hyperparameters
+    assert run["hyperparameters"] == {key: str(value) for key, value in wanted.items()} and wanted["next_action"] == variant
