@@ -20,12 +20,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import LECTURE_TASKS, RUNS, TASKS, quartiles
 from tune import FINISHED, STUDIES, area_under_curve, last_fraction_mean
 from validate import load
 
-from deep_sarsa.presets import Preset, load_presets
+from deep_sarsa.presets import NEXT_ACTIONS, Preset, load_presets, variant_presets
 
 VARIANTS = ["sampled", "expected", "stored"]
 OUTPUT = Path(__file__).parent / "results" / "variants.md"
@@ -40,6 +42,8 @@ class Best(NamedTuple):
     #: the worst tuning seed's mean over the last 20% of its evaluations, and its area under the curve
     worst_last: float
     worst_area: float
+    #: the mean of the seeds' areas: the last tie-break, as ``tune.best_trials`` (which a per-variant preset comes from)
+    mean_area: float
 
 
 def worst_scores(curves: Sequence[Sequence[Sequence[float]]]) -> tuple[float, float]:
@@ -67,9 +71,11 @@ def by_variant(trials: Iterable[tuple[str, Any]]) -> dict[str, tuple[int, int, B
         if trial.state.name != "COMPLETE":
             continue
         counts[variant][1] += 1
-        candidate = Best(study, trial.number, *worst_scores(trial.user_attrs["curves"]))
+        curves = trial.user_attrs["curves"]
+        mean_area = float(np.mean([area_under_curve(curve) for curve in curves]))
+        candidate = Best(study, trial.number, *worst_scores(curves), mean_area)
         current = best.get(variant)
-        if current is None or (candidate.worst_last, candidate.worst_area) > (current.worst_last, current.worst_area):
+        if current is None or candidate[2:] > current[2:]:
             best[variant] = candidate
     return {variant: (total, complete, best.get(variant)) for variant, (total, complete) in counts.items()}
 
@@ -91,7 +97,11 @@ def study_trials(task: str, studies: Path = STUDIES) -> list[tuple[str, Any]]:
 
 
 def table(
-    task: str, grid: dict[tuple[str, str], list[dict[str, Any]]], presets: dict[str, Preset], studies: Path = STUDIES
+    task: str,
+    grid: dict[tuple[str, str], list[dict[str, Any]]],
+    presets: dict[str, Preset],
+    studies: Path = STUDIES,
+    per_variant: dict[str, dict[str, Preset]] | None = None,
 ) -> list[str]:
     """
     The markdown lines of one task.
@@ -100,6 +110,7 @@ def table(
     :param grid: the grid's results by (task, algorithm) (``validate.load``)
     :param presets: the package's presets (``load_presets``)
     :param studies: the studies' folder
+    :param per_variant: the per-variant presets by variant (``variant_presets``), or None: none
     :return: the lines
     """
     tuned = by_variant(study_trials(task, studies))
@@ -127,6 +138,12 @@ def table(
             "",
             f'The preset (`deep_sarsa/hyperparams/deep_sarsa.yml`) uses `"{variant}"` (10 fresh seeds: validation.md).',
         ]
+    for variant, entries in (per_variant or {}).items():
+        if task in entries:
+            lines.append(
+                f'A per-variant preset for `"{variant}"`: `deep_sarsa/hyperparams/deep_sarsa_{variant}.yml`, '
+                f'`preset("{task}", next_action="{variant}")` (10 fresh seeds: validation.md).'
+            )
     return [*lines, ""]
 
 
@@ -144,15 +161,17 @@ def report(args: argparse.Namespace) -> int:
         "and CliffWalking: harness.HAND_SET), its budget, 5 or 10 seeds (each cell gives the count), the final "
         "evaluation (20 episodes). *Tuning*: "
         "every finished trial of the task's studies (`benchmarks/studies/TASK.db`, tune.py), by the `next_action` it "
-        "sampled; a variant's best complete trial is the one whose worst tuning seed (of 3) scores highest over the "
-        "last 20% of its evaluations, ties broken by the worst seed's area under the curve (the mean of all its "
-        "evaluations). Few trials per variant: a variant's best trial also differs from the others in every other "
+        "sampled (or its study fixed: `--next-action`); a variant's best complete trial is the one whose worst tuning "
+        "seed (of 3) scores highest over the last 20% of its evaluations, ties broken by the worst seed's area under the "
+        "curve (the mean of all its evaluations), then by the mean of the seeds' areas (tune.py's order). "
+        "Few trials per variant: a variant's best trial also differs from the others in every other "
         "hyperparameter, so a gap between variants is evidence, not proof.",
         "",
     ]
     grid, presets = load(args.runs), load_presets()
+    per_variant = {variant: variant_presets(variant) for variant in NEXT_ACTIONS}
     for task in tasks:
-        lines += table(task, grid, presets, args.studies)
+        lines += table(task, grid, presets, args.studies, per_variant)
     text = "\n".join(lines)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

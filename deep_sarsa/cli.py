@@ -36,7 +36,7 @@ from deep_sarsa.checkpoint import CheckpointError, latest_checkpoint, load_check
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.files import atomic_path
 from deep_sarsa.finite import NonFiniteError
-from deep_sarsa.presets import load_presets, parse_policy_kwargs
+from deep_sarsa.presets import load_presets, parse_policy_kwargs, variant_presets
 from deep_sarsa.safe_pickle import UnsafeFileError
 from deep_sarsa.validation import make_env
 
@@ -546,6 +546,14 @@ def train(args: argparse.Namespace) -> int:
     entry = presets.get(args.env_id) if args.preset else None
     if args.preset and entry is None:
         errors.print(f"[yellow]no preset for {escape(args.env_id)}: DQN's defaults[/]")
+    if entry is not None and args.next_action not in (None, entry.hyperparameters.get("next_action")):
+        # the hyperparameters tuned for that variant where a sweep found them, else the preset's with the variant
+        entry = variant_presets(args.next_action).get(args.env_id) or entry
+        if entry.hyperparameters.get("next_action") != args.next_action:
+            errors.print(
+                f"[yellow]no preset tuned for next_action={args.next_action} on {escape(args.env_id)}: "
+                f"the preset's hyperparameters, with next_action={args.next_action}[/]"
+            )
     settings = EnvSettings(args.env_id, entry.env_wrapper, entry.env_kwargs) if entry else EnvSettings(args.env_id)
     make_wrapped_env(settings).close()  # fails early, with the env's name
     hyperparameters: dict[str, Any] = dict(entry.hyperparameters) if entry is not None else {}
@@ -858,7 +866,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyperparams", nargs="*", default=[], metavar="KEY=VALUE", help="any DeepSARSA keyword")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--n-envs", type=int, default=None, help="default 1")
-    p.add_argument("--next-action", choices=["sampled", "expected", "stored"], default=None)
+    p.add_argument(
+        "--next-action",
+        choices=["sampled", "expected", "stored"],
+        default=None,
+        help="the TD target's next action (default: the preset's); with --preset, its own preset where one was tuned "
+        "(deep_sarsa_VARIANT.yml), else the task preset's hyperparameters",
+    )
     p.add_argument("--eval-episodes", type=int, default=None, help="default 10")
     p.add_argument("--output", type=pathlib.Path, default=None, help="run folder (default runs/ENV-VARIANT-seedS)")
     p.add_argument("--force", action="store_true", help="replace the run already in the run folder")

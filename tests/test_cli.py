@@ -67,6 +67,21 @@ def test_run_json_stores_json_values_not_reprs(run: Path) -> None:
     assert hyperparameters["train_freq"] == 4 and hyperparameters["policy_kwargs"] == entry["policy_kwargs"]
 
 
+def test_train_with_a_variant_starts_from_its_own_preset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # CartPole's preset uses "sampled"; "expected" has a preset of its own (deep_sarsa_expected.yml), "stored" none
+    tuned = preset("CartPole-v1", next_action="expected").hyperparameters
+    assert tuned["learning_rate"] != preset("CartPole-v1").hyperparameters["learning_rate"]
+    assert main(["train", "CartPole-v1", "--output", str(tmp_path / "run"), "--next-action", "expected", *TINY]) == 0
+    hyperparameters = json.loads((tmp_path / "run" / "run.json").read_text())["hyperparameters"]
+    assert hyperparameters["next_action"] == "expected" and hyperparameters["train_freq"] == 4  # --hyperparams last
+    for key in ("learning_rate", "batch_size", "target_update_interval", "exploration_fraction", "gamma"):
+        assert hyperparameters[key] == tuned[key], key
+    assert "no preset tuned" not in capsys.readouterr().err
+    # without a preset of its own, the variant runs with the task preset's hyperparameters, and says so
+    assert main(["train", "CartPole-v1", "--output", str(tmp_path / "stored"), "--next-action", "stored", *TINY]) == 0
+    assert "no preset tuned for next_action=stored on CartPole-v1" in " ".join(capsys.readouterr().err.split())
+
+
 def test_json_value_turns_tuples_into_lists() -> None:
     assert json_value({"target_update_interval": (5, "episode"), "x": [(1, 2)]}) == {
         "target_update_interval": [5, "episode"],

@@ -33,11 +33,15 @@ def test_each_entry_builds_a_model(env_id: str) -> None:
     assert model.policy.net_arch == entry.hyperparameters["policy_kwargs"]["net_arch"]
 
 
+def block_of(env_id: str, path: Path = PRESETS_FILE) -> str:
+    """The entry of ``env_id`` in a presets file, with its notes."""
+    text = path.read_text()
+    return text[text.index(f"\n{env_id}:\n") :].split("\n\n")[0]
+
+
 def study_of(env_id: str, path: Path = PRESETS_FILE) -> str | None:
     """The study an entry's note says it was found by (benchmarks/tune.py), None for the others."""
-    text = path.read_text()
-    block = text[text.index(f"\n{env_id}:\n") :].split("\n\n")[0]
-    match = re.search(r"# found by study '([^']+)'", block)
+    match = re.search(r"# found by study '([^']+)'", block_of(env_id, path))
     return match[1] if match else None
 
 
@@ -97,10 +101,16 @@ def test_per_variant_presets_are_for_variants_the_task_preset_does_not_use() -> 
         DeepSARSA(entry.policy, gym.make(env_id) if env_id != "LunarLander-v3" else "CartPole-v1", **entry.hyperparameters)
 
 
+#: per-variant presets whose best trial did not bring every tuning seed to the task's threshold (their notes say so):
+#: LunarLander's "stored", 5 trials, its worst seed ending at 44.7 (the grid's "stored" with rl-zoo's entry: -31.5)
+NOT_SOLVED_ON_EVERY_TUNING_SEED = {("stored", "LunarLander-v3")}
+
+
 @pytest.mark.parametrize(("variant", "env_id"), PER_VARIANT)
 def test_per_variant_presets_are_the_best_trial_of_their_variant(variant: str, env_id: str) -> None:
     # as for the task presets: the note names the study, whose best trial of the variant gives the entry (`tune.py
-    # preset --next-action VARIANT`), and every one of its tuning seeds ends at the task's threshold
+    # preset --next-action VARIANT`), and every one of its tuning seeds ends at the task's threshold (where it does
+    # not, the exception is listed, and checked to still be one)
     optuna = pytest.importorskip("optuna")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import tune
@@ -113,7 +123,9 @@ def test_per_variant_presets_are_the_best_trial_of_their_variant(variant: str, e
     best = next(trial for trial in tune.best_trials(study, len(study.trials)) if trial.params["next_action"] == variant)
     threshold = validate.threshold_of(env_id)
     last_20 = [tune.last_fraction_mean(curve) for curve in best.user_attrs["curves"]]
-    assert threshold is not None and min(last_20) >= threshold, last_20
+    assert threshold is not None and (min(last_20) >= threshold) != ((variant, env_id) in NOT_SOLVED_ON_EVERY_TUNING_SEED)
+    if min(last_20) < threshold:  # the entry's note says so
+        assert "not solved on every tuning seed" in block_of(env_id, presets.VARIANT_PRESETS_FILES[variant])
     space, steps = str(study.user_attrs.get("space", "zoo")), int(study.user_attrs["steps"])
     converted = tune._converted(best, env_id, steps, space, tune.variant_of(study.user_attrs))
     assert preset(env_id, next_action=variant).hyperparameters == {**tune.hyperparameters_of(env_id), **converted}

@@ -56,9 +56,15 @@ def test_trials_are_grouped_by_variant_and_the_best_complete_one_is_kept() -> No
         ("first", trial(3, "expected", C, state="PRUNED")),
     ]
     grouped = variants.by_variant(trials)
-    assert grouped["sampled"] == (3, 2, variants.Best("second", 4, 45.0, 25.0))
-    assert grouped["stored"] == (1, 1, variants.Best("first", 2, 60.0, 60.0))
+    assert grouped["sampled"] == (3, 2, variants.Best("second", 4, 45.0, 25.0, 35.0))
+    assert grouped["stored"] == (1, 1, variants.Best("first", 2, 60.0, 60.0, 65.0))
     assert grouped["expected"] == (1, 0, None)
+    # the same worst seed (last 20% and area): the larger mean area over the seeds wins, as in tune.best_trials
+    E = [curve([20, 20, 20, 20, 45]), curve([45, 45, 45, 45, 50])]  # worst 45 / 25 as B's, mean area (25 + 46) / 2
+    grouped = variants.by_variant([("second", trial(4, "sampled", B)), ("third", trial(1, "sampled", E))])
+    assert grouped["sampled"][2] == variants.Best("third", 1, 45.0, 25.0, 35.5)
+    grouped = variants.by_variant([("third", trial(1, "sampled", E)), ("second", trial(4, "sampled", B))])
+    assert grouped["sampled"][2] == variants.Best("third", 1, 45.0, 25.0, 35.5)
 
 
 def test_the_report_reads_the_grid_and_every_study_of_a_task(tmp_path: Path) -> None:
@@ -89,3 +95,5 @@ def test_the_report_reads_the_grid_and_every_study_of_a_task(tmp_path: Path) -> 
     assert '| `"expected"` | not run | 0 (0) | none | n/a |' in text
     assert "| DQN | 100.0 [100.0, 100.0] (1) |" in text
     assert 'The preset (`deep_sarsa/hyperparams/deep_sarsa.yml`) uses `"sampled"`' in text
+    # CartPole's per-variant preset of "expected" (deep_sarsa_expected.yml) is named
+    assert 'A per-variant preset for `"expected"`: `deep_sarsa/hyperparams/deep_sarsa_expected.yml`' in text
