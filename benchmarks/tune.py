@@ -53,7 +53,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from deep_sarsa import DeepSARSA
-from deep_sarsa.presets import preset
+from deep_sarsa.presets import NEXT_ACTIONS, preset
 from deep_sarsa.zoo.sampler import NET_ARCHS, experiment_settings, sample_deep_sarsa_params
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,8 +80,6 @@ PRUNE_STARTUP_TRIALS = 5
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 #: ``--next-action``'s value in a study's settings where its trials sample the variant (every study before the option)
 ANY_NEXT_ACTION = "any"
-#: the variants ``--next-action`` may fix
-NEXT_ACTIONS = ("sampled", "expected", "stored")
 
 
 def last_fraction_mean(curve: Sequence[Sequence[float]], fraction: float = LAST_FRACTION) -> float:
@@ -669,8 +667,7 @@ class FailuresInARow:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.count = self.count + 1 if trial.state == TrialState.FAIL else 0
         if self.count >= self.LIMIT:
-            reason = trial.system_attrs.get("fail_reason", "see the log above")
-            print(f"{self.count} trials in a row failed (the last: {reason}); this worker stops", flush=True)
+            print(f"{self.count} trials in a row failed (Optuna logged each error above); this worker stops", flush=True)
             self.stopped = True
             study.stop()
 
