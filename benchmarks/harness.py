@@ -47,7 +47,7 @@ from stable_baselines3.common.monitor import Monitor
 from deep_sarsa import DeepSARSA
 from deep_sarsa.files import atomic_path
 from deep_sarsa.masking import toy_text_action_mask
-from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR, RL_ZOO_DQN, preset, rl_zoo_dqn
+from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR, NEXT_ACTIONS, RL_ZOO_DQN, preset, rl_zoo_dqn
 from deep_sarsa.wrappers import TimeLimitAsTermination
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -64,9 +64,7 @@ EXTRA_ALGORITHMS = [
     "sarsa-expected-huber",
     "sarsa-stored-huber",
     "sarsa-preset",
-    "sarsa-preset-sampled",
-    "sarsa-preset-expected",
-    "sarsa-preset-stored",
+    *(f"sarsa-preset-{variant}" for variant in NEXT_ACTIONS),
 ]
 #: Each task: budget, evaluation frequency, hyperparameters (the same for DQN and DeepSARSA) and
 #: the reference to compare with. Classic control: rl-zoo's DQN entries and budgets, and its DQN

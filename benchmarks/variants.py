@@ -29,7 +29,7 @@ from validate import load
 
 from deep_sarsa.presets import NEXT_ACTIONS, Preset, load_presets, variant_presets
 
-VARIANTS = ["sampled", "expected", "stored"]
+VARIANTS = list(NEXT_ACTIONS)
 OUTPUT = Path(__file__).parent / "results" / "variants.md"
 
 

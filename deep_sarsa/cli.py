@@ -36,7 +36,7 @@ from deep_sarsa.checkpoint import CheckpointError, latest_checkpoint, load_check
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.files import atomic_path
 from deep_sarsa.finite import NonFiniteError
-from deep_sarsa.presets import load_presets, parse_policy_kwargs, variant_presets
+from deep_sarsa.presets import NEXT_ACTIONS, load_presets, parse_policy_kwargs, variant_presets
 from deep_sarsa.safe_pickle import UnsafeFileError
 from deep_sarsa.validation import make_env
 
@@ -868,7 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int, default=None, help="default 1")
     p.add_argument(
         "--next-action",
-        choices=["sampled", "expected", "stored"],
+        choices=NEXT_ACTIONS,
         default=None,
         help="the TD target's next action (default: the preset's); with --preset, its own preset where one was tuned "
         "(deep_sarsa_VARIANT.yml), else the task preset's hyperparameters",
