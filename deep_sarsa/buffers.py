@@ -14,10 +14,66 @@ No second buffer is needed. Where a' does not exist, :class:`~deep_sarsa.DeepSAR
 back to an action drawn from the current ε-greedy policy (the ``"sampled"`` variant).
 """
 
+from typing import NamedTuple
+
 import numpy as np
+import torch as th
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
+
+from deep_sarsa.masking import masks_of
+
+Samples = ReplayBufferSamples | DictReplayBufferSamples
+
+
+class NextState(NamedTuple):
+    """What a minibatch needs to know about the states it bootstraps from, beyond SB3's samples."""
+
+    #: the stored next actions, ``(B, 1)`` long, -1 where none exists (``next_action="stored"``)
+    stored_actions: th.Tensor | None = None
+    #: the masks of valid actions in s', ``(B, A)`` bool (masking on)
+    masks: th.Tensor | None = None
+    #: whether that mask is known, ``(B, 1)``; rows with an unknown mask do not bootstrap
+    masks_known: th.Tensor | None = None
+    #: every row has a stored next action (no ε-greedy fallback needed), known without a device sync
+    all_stored: bool = False
+
+
+def sample_with_next_state(
+    buffer: ReplayBuffer, batch_size: int, env: VecNormalize | None, stored: bool, masked: bool, device: th.device
+) -> tuple[Samples, NextState]:
+    """
+    Sample a minibatch as ``buffer.sample`` does (the same random numbers), with the stored next
+    actions (``stored``) and the masks of s' (``masked``: from the buffer's
+    :class:`~deep_sarsa.masking.NextStateMasks`).
+
+    :param buffer: the replay buffer
+    :param batch_size: the minibatch size
+    :param env: the ``VecNormalize`` wrapper that normalizes the samples, if any
+    :param stored: read the next actions (``next_action="stored"``)
+    :param masked: read the masks of s'
+    :param device: where the tensors go
+    :return: the samples and what is known of their next states
+    """
+    mask_store = masks_of(buffer) if masked else None
+    if not stored and mask_store is None:
+        return buffer.sample(batch_size, env=env), NextState()
+    samples, batch_inds, env_indices = sample_with_indices(buffer, batch_size, env)
+    last_rows, has_next = bootstrap_rows(buffer, batch_inds, env_indices)
+    next_state = NextState()
+    if stored:
+        actions = stored_or_missing(buffer, last_rows, has_next, env_indices)
+        next_state = next_state._replace(
+            stored_actions=th.as_tensor(actions.reshape(-1, 1), device=device), all_stored=bool((actions >= 0).all())
+        )
+    if mask_store is not None:
+        masks, known = mask_store.read(last_rows, env_indices)
+        masks[~known] = True  # any valid action will do: these rows do not bootstrap
+        next_state = next_state._replace(
+            masks=th.as_tensor(masks, device=device), masks_known=th.as_tensor(known.reshape(-1, 1), device=device)
+        )
+    return samples, next_state
 
 
 def sample_with_indices(

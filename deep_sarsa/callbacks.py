@@ -1,17 +1,76 @@
-"""Callbacks for long runs."""
+"""Long runs: a clean stop at a rollout boundary (:class:`StopAtRolloutBoundary`) and the callback that uses it."""
 
 import pathlib
 import signal
 import threading
 import warnings
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.type_aliases import RolloutReturn, TrainFreq
+from stable_baselines3.common.vec_env import VecEnv
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm as _Algorithm
+else:
+    _Algorithm = object
 
 #: The signals that :class:`SaveOnInterrupt` turns into a clean stop: Ctrl-C, and what SLURM,
 #: Kubernetes and ``docker stop`` send
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopAtRolloutBoundary(_Algorithm):
+    """
+    Mixin for an SB3 off-policy algorithm: :meth:`request_stop` ends ``learn()`` at the next rollout
+    boundary, and ``_learning`` says whether ``learn()`` runs (both for :class:`SaveOnInterrupt`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._stop_requested = False
+        self._learning = False  # read by SaveOnInterrupt
+        super().__init__(*args, **kwargs)
+
+    def request_stop(self) -> None:
+        """
+        Ask ``learn()`` to stop at the next rollout boundary: the current rollout is collected and
+        trained on as usual, then ``learn()`` returns. Unlike a callback returning False, no env
+        step is lost, so the model can be checkpointed and resumed exactly
+        (see :mod:`deep_sarsa.checkpoint`).
+        """
+        self._stop_requested = True
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        train_freq: TrainFreq,
+        replay_buffer: ReplayBuffer,
+        action_noise: ActionNoise | None = None,
+        learning_starts: int = 0,
+        log_interval: int | None = None,
+    ) -> RolloutReturn:
+        if self._stop_requested:
+            self._stop_requested = False
+            return RolloutReturn(0, 0, continue_training=False)
+        return super().collect_rollouts(env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval)
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
+        self._stop_requested = False
+        return super()._setup_learn(*args, **kwargs)
+
+    def learn(self, *args: Any, **kwargs: Any) -> Any:
+        self._learning = True
+        try:
+            return super().learn(*args, **kwargs)
+        finally:
+            self._learning = False
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_learning"]
 
 
 def _count(name: str, value: Any, minimum: int) -> int:

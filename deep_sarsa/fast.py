@@ -17,7 +17,7 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from itertools import chain
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import torch as th
 from gymnasium import spaces
@@ -30,6 +30,8 @@ from stable_baselines3.dqn.policies import QNetwork
 from torch import autograd as th_autograd
 from torch.nn.modules import module as th_module
 from torch.optim import optimizer as th_optimizer
+
+from deep_sarsa.buffers import NextState, Samples
 
 #: The pieces, each one a switch in :data:`PLAIN`
 PIECES = (
@@ -249,8 +251,6 @@ def flush_denormals(optimizer: th.optim.Optimizer) -> None:
                     value.masked_fill_(value.abs() < th.finfo(value.dtype).tiny, 0.0)
 
 
-Sample = TypeVar("Sample")
-
 #: Observation numbers (float32: 16 MB) of the next states that share one target-network pass
 TARGET_PASS_SIZE = 2**22
 
@@ -282,57 +282,74 @@ def sample_minibatches(
     return [ReplayBufferSamples(*(None if field is None else field[i] for field in fields)) for i in range(count)]  # type: ignore[arg-type]
 
 
-def minibatches_with_target_values(
-    sample: Callable[[], Sample],
-    next_observations: Callable[[Sample], PyTorchObs],
-    target_forward: Callable[[PyTorchObs], th.Tensor],
-    count: int,
-    observation_space: spaces.Space,
-    batch_size: int,
-    sample_many: Callable[[int], list[Sample] | None] = lambda count: None,
-) -> Iterator[tuple[Sample, th.Tensor | None]]:
+def target_passes(count: int, observation_space: spaces.Space, batch_size: int) -> list[int] | None:
     """
-    ``count`` minibatches, each with the target network's Q-values of its next states.
+    How ``train()`` groups its ``count`` minibatches so that the target network evaluates the next states of a
+    group in one forward pass (:func:`forward_joined`), or None: one minibatch at a time, each evaluated by the caller.
 
     The target network does not change inside ``train()``, so several minibatches are drawn ahead
     (the same random numbers in the same order as one at a time: sampling uses NumPy's generator,
-    the targets PyTorch's) and the target network evaluates all their next states in one forward
-    pass, up to :data:`TARGET_PASS_SIZE` observation numbers at a time; each row's Q-values do not depend
-    on which rows share the pass (the network is in evaluation mode). With one minibatch per call,
-    or ``"target_batching"`` in :data:`PLAIN`, each is yielded with ``None``: the caller evaluates it.
+    the targets PyTorch's) and evaluated together, up to :data:`TARGET_PASS_SIZE` observation numbers
+    at a time; each row's Q-values do not depend on which rows share the pass (the network is in
+    evaluation mode). None with one minibatch per call, or ``"target_batching"`` in :data:`PLAIN`.
     Measured: saves 8.2% of the time in ``zoo`` (128 minibatches per call); nothing in ``step`` (one)
     (paired calls, one thread, Intel Xeon family 6 model 207, ``benchmarks/results/ablation.md``).
 
-    :param sample: draws one minibatch
-    :param next_observations: the next observations of a minibatch
-    :param target_forward: the target network's forward pass
     :param count: how many minibatches
     :param observation_space: the observation space (its size bounds the minibatches per pass)
     :param batch_size: the minibatch size
-    :param sample_many: draws the given number of minibatches at once as ``sample`` would one after the other
-        (:func:`sample_minibatches`), or returns None where it cannot
-    :return: an iterator over ``(minibatch, Q-values of its next states or None)``
+    :return: the sizes of the groups, in order, or None
     """
     if count <= 1 or "target_batching" in PLAIN:
-        for _ in range(count):
-            yield sample(), None
-        return
+        return None
     per_pass = max(1, TARGET_PASS_SIZE // max(1, spaces.flatdim(observation_space) * batch_size))
-    for first in range(0, count, per_pass):
-        size = min(per_pass, count - first)
-        minibatches = sample_many(size) or [sample() for _ in range(size)]
-        observations = [next_observations(minibatch) for minibatch in minibatches]
-        joined: PyTorchObs
-        if isinstance(observations[0], dict):
-            dicts = cast(list[dict[str, th.Tensor]], observations)
-            joined = {key: th.cat([obs[key] for obs in dicts]) for key in dicts[0]}
-            sizes = [len(next(iter(obs.values()))) for obs in dicts]
-        else:
-            tensors = cast(list[th.Tensor], observations)
-            joined, sizes = th.cat(tensors), [len(obs) for obs in tensors]
-        with th.no_grad():
-            values = target_forward(joined).split(sizes)
-        yield from zip(minibatches, values, strict=True)
+    return [min(per_pass, count - first) for first in range(0, count, per_pass)]
+
+
+def forward_joined(forward: Callable[[PyTorchObs], th.Tensor], observations: list[PyTorchObs]) -> list[th.Tensor]:
+    """
+    ``[forward(obs) for obs in observations]`` (without gradient) in one forward pass over their concatenation.
+
+    :param forward: the network's forward pass
+    :param observations: batches of observations (tensors, or dicts of tensors)
+    :return: the outputs, one per batch
+    """
+    joined: PyTorchObs
+    if isinstance(observations[0], dict):
+        dicts = cast(list[dict[str, th.Tensor]], observations)
+        joined = {key: th.cat([obs[key] for obs in dicts]) for key in dicts[0]}
+        sizes = [len(next(iter(obs.values()))) for obs in dicts]
+    else:
+        tensors = cast(list[th.Tensor], observations)
+        joined, sizes = th.cat(tensors), [len(obs) for obs in tensors]
+    with th.no_grad():
+        return list(forward(joined).split(sizes))
+
+
+def minibatches(model: Any, count: int, batch_size: int) -> Iterator[tuple[Samples, NextState, th.Tensor | None]]:
+    """
+    ``count`` minibatches of ``model._sample(batch_size)``, each with the target network's Q-values of its next
+    states where several are evaluated in one pass (:func:`target_passes`, :func:`forward_joined`), else None;
+    drawn at once by :func:`sample_minibatches` where it applies (no stored next actions, no masks).
+
+    :param model: the DeepSARSA model
+    :param count: how many minibatches
+    :param batch_size: the minibatch size
+    :return: an iterator over ``(samples, next state, target Q-values of the next states or None)``
+    """
+    passes = target_passes(count, model.observation_space, batch_size)
+    if passes is None:
+        for _ in range(count):
+            yield *model._sample(batch_size), None
+        return
+    for size in passes:
+        drawn = None
+        if model.next_action != "stored" and not model._masking:
+            drawn = sample_minibatches(model.replay_buffer, batch_size, size, model._vec_normalize_env)
+        batches = [(samples, NextState()) for samples in drawn] if drawn else [model._sample(batch_size) for _ in range(size)]
+        next_q_targets = forward_joined(model._target_forward, [samples.next_observations for samples, _ in batches])
+        for (samples, next_state), next_q_target in zip(batches, next_q_targets, strict=True):
+            yield samples, next_state, next_q_target
 
 
 def zero_grad(optimizer: th.optim.Optimizer, parameters: list[th.nn.Parameter]) -> None:

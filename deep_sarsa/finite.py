@@ -1,10 +1,16 @@
 """Checks of what the env returns: NaN and infinity stop training before they reach the replay buffer."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm as _Algorithm
+else:
+    _Algorithm = object
 
 
 class NonFiniteError(ValueError):
@@ -140,3 +146,60 @@ def remove_raw_check(vec_normalize: VecNormalize) -> None:
     """
     if isinstance(vec_normalize.venv, RawFiniteCheck):
         vec_normalize.venv = vec_normalize.venv.venv
+
+
+class FiniteChecks(_Algorithm):
+    """
+    Mixin for an SB3 off-policy algorithm with a ``check_finite`` setting: while ``learn()`` runs, every
+    observation and reward is checked as it arrives (:func:`check_finite`; with ``VecNormalize``, the raw
+    values under it: :class:`RawFiniteCheck`), and a bad one stops training with a :class:`NonFiniteError`
+    before it is stored or counted. The next ``learn()`` resets the envs.
+    """
+
+    check_finite: bool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._checking_raw = False  # whether a RawFiniteCheck under VecNormalize checks the env's outputs
+        super().__init__(*args, **kwargs)
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        last_obs = self._last_obs
+        # With VecNormalize, the raw values are checked under it, before they reach its statistics
+        raw_check = install_raw_check(self._vec_normalize_env) if self.check_finite and self._vec_normalize_env else None
+        self._checking_raw = raw_check is not None
+        result = super()._setup_learn(*args, **kwargs)
+        if raw_check is not None:
+            raw_check.steps = self.num_timesteps
+        elif self.check_finite and self._last_obs is not last_obs and self._last_obs is not None:
+            assert isinstance(self._last_obs, (np.ndarray, dict))
+            check_reset_observation(self._last_obs, self.n_envs)
+        return result
+
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: np.ndarray | dict[str, np.ndarray],
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        if self.check_finite and not self._checking_raw:
+            try:
+                check_finite(new_obs, reward, infos, dones, self.num_timesteps)
+            except NonFiniteError:
+                self.num_timesteps -= self.n_envs  # the step is not stored: it is not counted either
+                raise
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+
+    def learn(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().learn(*args, **kwargs)
+        except NonFiniteError:
+            # The envs are past the observation the model last saw: the next learn() resets them
+            self._last_obs = None
+            self._last_original_obs = None
+            raise
+        finally:
+            if self._vec_normalize_env is not None:
+                remove_raw_check(self._vec_normalize_env)

@@ -18,12 +18,18 @@ that step if the env reports one (as Gymnasium's Taxi does); otherwise its mask 
 the row does not bootstrap, so that the value of an invalid action can never leak into a target.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
+from sb3_contrib.common.maskable.utils import get_action_masks, is_masking_supported
 from sb3_contrib.common.wrappers import ActionMasker
 from stable_baselines3.common.buffers import ReplayBuffer
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm as _Algorithm
+else:
+    _Algorithm = object
 
 #: The attribute of the replay buffer that holds its :class:`NextStateMasks`
 MASKS_ATTRIBUTE = "next_state_action_masks"
@@ -143,6 +149,43 @@ def check_action_masks(action_masks: np.ndarray | list, n_envs: int, n_actions: 
     return masks
 
 
+def env_masks(env: Any, n_envs: int, n_actions: int) -> np.ndarray:
+    """
+    The masks of the envs' current states (sb3-contrib's ``get_action_masks``), checked (:func:`check_action_masks`).
+
+    :param env: the VecEnv, one that :func:`sb3_contrib.common.maskable.utils.is_masking_supported` accepts
+    :param n_envs: its number of envs
+    :param n_actions: size of the Discrete action space
+    :return: boolean masks, shape ``(n_envs, n_actions)``
+    """
+    return check_action_masks(get_action_masks(env), n_envs, n_actions)
+
+
+def masked_predict(
+    model: Any, observation: np.ndarray | dict[str, np.ndarray], state: Any, deterministic: bool, action_masks: np.ndarray
+) -> tuple[np.ndarray, Any]:
+    """
+    ``DeepSARSA.predict`` with masks (as ``MaskablePPO.predict``): both the random and the greedy
+    action are chosen among the valid actions.
+
+    :param model: the DeepSARSA model
+    :param observation: the input observation(s)
+    :param state: passed through (used by recurrent policies)
+    :param deterministic: always the greedy action
+    :param action_masks: valid actions, shape ``(n_envs, n_actions)`` (or ``(n_actions,)`` for one observation)
+    :return: the actions and ``state``
+    """
+    model.policy.set_training_mode(False)
+    obs_tensor, vectorized = model.policy.obs_to_tensor(observation)
+    first = next(iter(obs_tensor.values())) if isinstance(obs_tensor, dict) else obs_tensor
+    masks = check_action_masks(action_masks, len(first), int(model.action_space.n))
+    if not deterministic and np.random.rand() < model.exploration_rate:
+        actions = sample_valid_actions(masks)
+    else:
+        actions = model._greedy(obs_tensor, masks)
+    return (actions if vectorized else actions.squeeze(axis=0)), state
+
+
 def sample_valid_actions(masks: np.ndarray) -> np.ndarray:
     """
     One uniformly random valid action per row.
@@ -179,3 +222,47 @@ class ToyTextActionMasker(ActionMasker):
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env, toy_text_action_mask)
+
+
+class ActionMasking(_Algorithm):
+    """
+    Mixin for an SB3 off-policy algorithm with a ``use_masking`` setting and a Discrete action space: while
+    ``learn()`` runs on an env with masks, ``_masking`` is True, ``_last_masks`` holds the masks of the envs'
+    current states, and the replay buffer keeps the mask of each transition's s' (:class:`NextStateMasks`).
+    """
+
+    use_masking: bool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._masking = False  # whether the current env is masked (set by `learn()`)
+        self._last_masks: np.ndarray | None = None  # the masks of its current states
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _n_actions(self) -> int:
+        assert isinstance(self.action_space, gym.spaces.Discrete)
+        return int(self.action_space.n)
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        result = super()._setup_learn(*args, **kwargs)
+        assert self.env is not None and self.replay_buffer is not None
+        self._masking = self.use_masking and is_masking_supported(self.env)
+        if self._masking:
+            attach_masks(self.replay_buffer, self._n_actions)
+            self._last_masks = env_masks(self.env, self.n_envs, self._n_actions)
+        return result
+
+    def _store_transition(
+        self,
+        replay_buffer: ReplayBuffer,
+        buffer_action: np.ndarray,
+        new_obs: np.ndarray | dict[str, np.ndarray],
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        if self._masking:
+            # The envs are in their new states now: s' where the episode goes on, a reset state where it ended
+            self._last_masks = env_masks(self.env, self.n_envs, self._n_actions)
+            record_next_masks(replay_buffer, self._last_masks, dones, infos, self._n_actions)

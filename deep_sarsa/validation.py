@@ -16,6 +16,7 @@ from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.dqn.policies import DQNPolicy
+from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
 NEXT_ACTIONS: tuple[str, ...] = ("sampled", "expected", "stored")
 LOSSES: tuple[str, ...] = ("mse", "huber")
@@ -451,3 +452,102 @@ def model_settings(model: Any) -> dict[str, Any]:
                 settings[keyword] = (value.frequency, value.unit.value) if isinstance(value, TrainFreq) else value
                 break
     return settings
+
+
+def check_model_settings(model: Any) -> None:
+    """
+    Validate a model's current settings as the constructor validates its arguments (raising
+    ``ValueError`` naming the setting): values changed since, by assignment or by
+    ``load(..., **kwargs)`` / ``custom_objects``, are checked too. Called at set-up and when ``learn()`` starts.
+
+    :param model: the model
+    """
+    check_hyperparameters(**model_settings(model), warn=False)
+    check_policy(model.policy_class, model.policy_aliases, model.policy_kwargs)
+
+
+def check_env_spaces(
+    action_space: spaces.Space, observation_space: spaces.Space, n_steps: int, replay_buffer_class: Any
+) -> None:
+    """
+    Refuse an env DeepSARSA cannot learn on: an action space other than ``Discrete`` from 0, n-step
+    returns on Dict observations.
+
+    :param action_space: the env's action space
+    :param observation_space: the env's observation space
+    :param n_steps: the ``n_steps`` argument
+    :param replay_buffer_class: the ``replay_buffer_class`` argument
+    """
+    if not isinstance(action_space, spaces.Discrete):
+        raise ValueError(
+            "DeepSARSA only supports Discrete action spaces (one Q-value per action), "
+            f"but the env's action_space is {action_space}. "
+            "For continuous actions use SAC/TD3; for MultiDiscrete, flatten it into one Discrete space."
+        )
+    check_discrete_start(action_space)
+    check_n_steps_observations(n_steps, replay_buffer_class, observation_space)
+
+
+def check_model_memory(model: Any) -> None:
+    """
+    Refuse (or warn about) a replay buffer that does not fit in memory, before it is allocated
+    (:func:`check_buffer_memory`).
+
+    :param model: the model being set up
+    """
+    estimate = replay_buffer_bytes(
+        model.observation_space, model.action_space, model.buffer_size, model.n_envs, model.optimize_memory_usage
+    )
+    check_buffer_memory(estimate, model.buffer_size, *memory_bytes())
+
+
+def check_setup(model: Any) -> None:
+    """
+    The checks that need the model's replay buffer and envs: ``next_action="stored"`` needs a buffer
+    in time order; warn when the envs outnumber the steps between target updates.
+
+    :param model: the model, just set up
+    """
+    if model.next_action == "stored" and isinstance(model.replay_buffer, HerReplayBuffer):
+        raise ValueError(
+            "next_action='stored' reads a' from the next row of the replay buffer, which "
+            "HerReplayBuffer does not keep in order: use next_action='sampled' or 'expected'"
+        )
+    frequency, unit = parse_target_update_interval(model.target_update_interval)
+    if unit == "step" and model.n_envs > 1 and model.n_envs > frequency:
+        warnings.warn(
+            "The number of environments used is greater than the target network "
+            f"update interval ({model.n_envs} > {frequency}), "
+            "therefore the target network will be updated after each call to env.step() "
+            f"which corresponds to {model.n_envs} steps.",
+            stacklevel=3,
+        )
+
+
+#: With ``target_update_interval=(K, "episode")``, env steps without any episode end before a warning
+#: that the target network is not being synced (an env whose episodes never end)
+NO_EPISODE_END_WARNING_STEPS = 100_000
+
+
+def warn_if_no_episode_ends(model: Any) -> None:
+    """
+    Warn once when no episode has ended for :data:`NO_EPISODE_END_WARNING_STEPS` steps while the target
+    network is synced every K episodes: it is never synced. Called at every env step.
+
+    :param model: the model (its ``_episode_num_seen``, ``_timesteps_at_episode_end`` and
+        ``_warned_no_episode_end`` keep the state)
+    """
+    if model._episode_num != model._episode_num_seen:
+        model._episode_num_seen, model._timesteps_at_episode_end = model._episode_num, model.num_timesteps
+    elif (
+        not model._warned_no_episode_end
+        and model.num_timesteps - model._timesteps_at_episode_end >= NO_EPISODE_END_WARNING_STEPS
+    ):
+        model._warned_no_episode_end = True
+        warnings.warn(
+            f"target_update_interval={model.target_update_interval!r} counts episodes, but no episode has ended in "
+            f"{model.num_timesteps - model._timesteps_at_episode_end} env steps: the target network is not being "
+            "synced (does the env ever end an episode? a TimeLimit wrapper ends them)",
+            UserWarning,
+            stacklevel=3,
+        )

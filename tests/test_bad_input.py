@@ -14,9 +14,9 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-import deep_sarsa.deep_sarsa as deep_sarsa_module
+import deep_sarsa.validation as validation_module
 from deep_sarsa import DeepSARSA, NonFiniteError
-from deep_sarsa.cli import main
+from deep_sarsa.cli.parser import main
 from deep_sarsa.finite import RawFiniteCheck
 from deep_sarsa.validation import BUFFER_MEMORY_WARNING_FRACTION, replay_buffer_bytes
 
@@ -180,10 +180,10 @@ def test_the_replay_buffer_estimate_is_what_sb3_allocates() -> None:
 def test_a_buffer_near_the_available_memory_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
     estimate = replay_buffer_bytes(spaces.Box(-1, 1, (4,)), spaces.Discrete(2), 500, 1, False)
     available = int(estimate / BUFFER_MEMORY_WARNING_FRACTION) - 1
-    monkeypatch.setattr(deep_sarsa_module, "memory_bytes", lambda: (10 * estimate, available))
+    monkeypatch.setattr(validation_module, "memory_bytes", lambda: (10 * estimate, available))
     with pytest.warns(UserWarning, match=r"buffer_size=500 needs about .* GiB for the replay buffer, more than 50%"):
         DeepSARSA("MlpPolicy", "CartPole-v1", **SMALL)
-    monkeypatch.setattr(deep_sarsa_module, "memory_bytes", lambda: (estimate - 1, available))
+    monkeypatch.setattr(validation_module, "memory_bytes", lambda: (estimate - 1, available))
     with pytest.raises(ValueError, match="buffer_size must fit in memory"):
         DeepSARSA("MlpPolicy", "CartPole-v1", **SMALL)
 
@@ -237,7 +237,7 @@ class Endless(gym.Env):
 
 
 def test_episode_target_syncs_warn_once_when_no_episode_ever_ends(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deep_sarsa_module, "NO_EPISODE_END_WARNING_STEPS", 100)
+    monkeypatch.setattr(validation_module, "NO_EPISODE_END_WARNING_STEPS", 100)
     model = DeepSARSA("MlpPolicy", Endless(), **dict(SMALL, target_update_interval=(2, "episode")))
     with pytest.warns(
         UserWarning, match=r"target_update_interval=\(2, 'episode'\) counts episodes, but no episode has"

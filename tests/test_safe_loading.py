@@ -30,7 +30,7 @@ from stable_baselines3.common.utils import LinearSchedule
 
 from deep_sarsa import DeepSARSA, checkpoint, files
 from deep_sarsa.checkpoint import BUFFER_FILE, MANIFEST_FILE, MODEL_FILE, STATE_FILE, load_checkpoint, resume, save_checkpoint
-from deep_sarsa.cli import main
+from deep_sarsa.cli.parser import main
 from deep_sarsa.masking import toy_text_action_mask
 from deep_sarsa.safe_pickle import MODEL_GLOBALS, UnsafeFileError, restricted_loads
 from deep_sarsa.signing import CONFIG_DIR_VARIABLE, key_path, sign, signature_path, verify
