@@ -1,17 +1,11 @@
 """
-What each piece of the speed layer (``deep_sarsa.fast``) gains, in both settings of
-``benchmarks/throughput.py``, two ways:
+What each piece of the speed layer (``deep_sarsa.fast``) gains, in both settings of ``benchmarks/throughput.py``
+(docs/speed.md):
 
-* ``--mode runs``: env-steps/s of DeepSARSA with every piece on, against whole runs with one piece
-  on PyTorch's plain path (``fast.PLAIN``), alternating, several repetitions; the gain is the
-  median of (steps/s with it) / (steps/s without it) - 1, in process CPU time. ``flush_denormal``
-  is the constructor's flag (off in its row); ``all plain`` runs every piece plainly and the flag
-  off. On a machine shared with noisy neighbours, runs vary by ±10% or more.
-* ``--mode paired`` (for the pieces that are switched at every call): one run per piece, in which
-  the piece is on and off at alternate calls of the phase it speeds up (``train``, and the
-  rollout's ``_sample_action``); the median time of each phase with and without it, times the
-  number of calls, is the time the piece saves, reported as a fraction of the run's time. Both
-  halves see the same machine at the same moments, which cancels the drift of a shared machine.
+* ``--mode runs``: steps/s of whole runs with every piece on, against runs with one piece on PyTorch's plain path
+  (``fast.PLAIN``), alternating; the gain is the median ratio - 1, in process CPU time and wall-clock.
+* ``--mode paired``: one run per piece, switched on and off at alternate calls of the phase it speeds up; the time it
+  saves is a share of the run's time (both halves see the same machine: its drift cancels).
 
     python benchmarks/ablation.py --mode runs --repetitions 3 --steps 10000 --threads 1
     python benchmarks/ablation.py --mode paired --steps 10000 --threads 1 --output benchmarks/results/ablation.md

@@ -1,21 +1,8 @@
 """
-Crash safety: SIGKILL at random moments during ``save``, ``save_replay_buffer`` and
-``deep_sarsa.checkpoint.save_checkpoint`` written over an existing good file or checkpoint, and a
-full disk (a small tmpfs, when run as root). What is left is loaded with the public API
-(``DeepSARSA.load``, ``load_replay_buffer``, ``deep_sarsa.checkpoint.load_checkpoint``) and
-compared with the known old and new contents:
-
-- consistent-old: everything loaded is the old content (for a checkpoint: also after a fallback
-  to the previous complete one);
-- consistent-new: everything loaded is the new content;
-- mixed: it loads, but parts are old and parts new (or neither);
-- unloadable: loading fails.
-
-Each trial forks a child (imports and models are ready, so a trial costs milliseconds) that
-saves the new content over the old in a loop, and SIGKILLs it after a random delay, uniform in
-[0, 1.5 x the duration of one save]: most kills land in the first save, the others in a later
-one (new over new). A kill is a process crash, not a power loss: what ``fsync`` adds is not
-measured here.
+Crash safety: a child process saves new content over a good file or checkpoint (``save``, ``save_replay_buffer``,
+``save_checkpoint``) and is SIGKILLed at a random moment, or saves onto a full tmpfs (as root), or several save one path
+at once; what is left is loaded with the public API and classified as consistent-old, consistent-new, mixed or
+unloadable. Details: docs/reliability.md.
 
     python benchmarks/crash_safety.py --kills 100 --full-disk 10 --compare-sb3   # the committed results
     python benchmarks/crash_safety.py --kills 7 --kinds save,buffer --json out.json  # the test suite's version
@@ -29,6 +16,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
@@ -52,6 +40,7 @@ from typing import Any
 import numpy as np
 import stable_baselines3
 import torch as th
+from ablation import cpu_model
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
@@ -70,11 +59,8 @@ SETTINGS: dict[str, Any] = dict(
 
 def parameter_hash(model: DeepSARSA) -> str:
     """The networks' parameters (online and target)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.policy.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    items = model.policy.state_dict().items()
+    return hashlib.sha256(b"".join(name.encode() + tensor.cpu().numpy().tobytes() for name, tensor in items)).hexdigest()[:16]
 
 
 def buffer_hash(model: DeepSARSA) -> str:
@@ -120,18 +106,14 @@ class Bench:
         self.old = self.load_source("old")
         self.new = self.load_source("new")
         self.reader = DeepSARSA("MlpPolicy", "CartPole-v1", seed=1, **SETTINGS)  # loads buffers to compare them
-        self.signatures = {
-            "old": self.checkpoint_signature(self.source("old")),
-            "new": self.checkpoint_signature(self.source("new")),
-        }
+        self.signatures = {which: self.checkpoint_signature(self.source(which)) for which in ("old", "new")}
         for part in ("model", "buffer", "state"):
             if self.signatures["old"][part] == self.signatures["new"][part]:
                 raise RuntimeError(f"the old and new checkpoints have the same {part}: the benchmark cannot tell them apart")
-        # the classifier sees what it should: a checkpoint saved by a loaded one is that one
-        scratch = work / "scratch" / "checkpoint"
-        checkpoints.save_checkpoint(self.load_source("new"), scratch)
-        if self.checkpoint_signature(scratch) != self.signatures["new"]:
-            raise RuntimeError("saving a loaded checkpoint again changed it: the benchmark cannot classify checkpoints")
+
+    def new_model(self, kind: str) -> DeepSARSA:
+        """The new content (a checkpoint's loaded afresh: it restores the new generators)."""
+        return self.load_source("new") if kind == "checkpoint" else self.new
 
     def source(self, which: str) -> pathlib.Path:
         return self.work / "sources" / which / "checkpoint"
@@ -152,17 +134,11 @@ class Bench:
     def target(self, kind: str, folder: pathlib.Path) -> pathlib.Path:
         return folder / {"save": "model.zip", "buffer": "replay_buffer.pkl", "checkpoint": "checkpoint"}[kind]
 
-    def writer(self, kind: str, writer: str) -> Callable[[DeepSARSA, pathlib.Path], None]:
+    def writer(self, kind: str, writer: str) -> Callable[[DeepSARSA, pathlib.Path], object]:
         if kind == "checkpoint":
-
-            def save_checkpoint(model: DeepSARSA, path: pathlib.Path) -> None:
-                checkpoints.save_checkpoint(model, path)
-
-            return save_checkpoint
+            return lambda model, path: checkpoints.save_checkpoint(model, path)
         if writer == "sb3":  # SB3's own, in place
-            if kind == "save":
-                return lambda model, path: BaseAlgorithm.save(model, path)
-            return lambda model, path: OffPolicyAlgorithm.save_replay_buffer(model, path)
+            return BaseAlgorithm.save if kind == "save" else OffPolicyAlgorithm.save_replay_buffer
         return (
             (lambda model, path: model.save(path)) if kind == "save" else (lambda model, path: model.save_replay_buffer(path))
         )
@@ -170,12 +146,9 @@ class Bench:
     def write_old(self, kind: str, folder: pathlib.Path) -> None:
         if kind == "checkpoint":  # the old checkpoint as save_checkpoint laid it out, with whatever lies beside it
             shutil.copytree(self.source("old").parent, folder, symlinks=True)
-        elif kind == "save":
-            folder.mkdir(parents=True)
-            self.old.save(self.target(kind, folder))
         else:
             folder.mkdir(parents=True)
-            self.old.save_replay_buffer(self.target(kind, folder))
+            self.writer(kind, "ours")(self.old, self.target(kind, folder))
 
     def classify(self, kind: str, folder: pathlib.Path) -> tuple[str, str, bool]:
         """:return: the outcome, a detail (the error of an unloadable one), whether loading warned"""
@@ -186,26 +159,20 @@ class Bench:
                 if kind == "save":
                     model = DeepSARSA.load(target, device="cpu")
                     parts = {"model": f"{parameter_hash(model)} {model.num_timesteps}"}
-                    known = {which: {"model": self.signatures[which]["model"]} for which in ("old", "new")}
                 elif kind == "buffer":
                     self.reader.load_replay_buffer(target)
                     parts = {"buffer": buffer_hash(self.reader)}
-                    known = {which: {"buffer": self.signatures[which]["buffer"]} for which in ("old", "new")}
                 else:
                     parts = self.checkpoint_signature(target)
-                    known = self.signatures
             except Exception as error:  # what a user would get
                 return "unloadable", f"{type(error).__name__}: {' '.join(str(error).split())}", bool(caught)
-        warned = any(
-            "fall" in str(warning.message).lower() or "previous" in str(warning.message).lower() for warning in caught
-        )
-        if parts == known["old"]:
-            return "consistent-old", "", warned
-        if parts == known["new"]:
-            return "consistent-new", "", warned
+        warned = any("fall" in str(w.message).lower() or "previous" in str(w.message).lower() for w in caught)
+        known = {which: {part: self.signatures[which][part] for part in parts} for which in ("old", "new")}
+        for which in ("old", "new"):
+            if parts == known[which]:
+                return f"consistent-{which}", "", warned
         origin = {
-            part: "old" if value == known["old"][part] else "new" if value == known["new"][part] else "neither"
-            for part, value in parts.items()
+            part: next((w for w in ("old", "new") if value == known[w][part]), "neither") for part, value in parts.items()
         }
         return "mixed", ", ".join(f"{part} {which}" for part, which in origin.items()), warned
 
@@ -217,11 +184,9 @@ def temporaries(folder: pathlib.Path) -> list[pathlib.Path]:
 def save_duration(bench: Bench, kind: str, writer: str) -> float:
     """The median time of one save of the new content, in seconds."""
     save = bench.writer(kind, writer)
-    model = bench.load_source("new") if kind == "checkpoint" else bench.new
-    times = []
+    model, times = bench.new_model(kind), []
     for index in range(5):
-        folder = bench.work / "timing" / f"{kind}-{writer}-{index}"
-        folder.mkdir(parents=True)
+        (folder := bench.work / "timing" / f"{kind}-{writer}-{index}").mkdir(parents=True)
         start = time.perf_counter()
         save(model, bench.target(kind, folder))
         times.append(time.perf_counter() - start)
@@ -235,11 +200,26 @@ CHILDREN: set[int] = set()
 def die_with_parent() -> None:
     """In a forked child: SIGKILL when the parent dies (Linux; elsewhere the save loops check the parent)."""
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def fork(function: Callable[[], int]) -> int:
+    """Run ``function`` in a forked child that dies with this process and exits with its return value; the child's pid."""
+    if (pid := os.fork()) == 0:
+        code = 255
+        try:
+            die_with_parent()
+            code = function()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    CHILDREN.add(pid)
+    return pid
 
 
 def kill_trial(bench: Bench, kind: str, writer: str, folder: pathlib.Path, window_s: float, chance: random.Random) -> Trial:
+    """Kill a child saving the new content over the old after a random delay in ``[0, window_s]``; what is left."""
     bench.write_old(kind, folder)
     outcome, detail, _ = bench.classify(kind, folder)
     if outcome != "consistent-old":
@@ -248,40 +228,31 @@ def kill_trial(bench: Bench, kind: str, writer: str, folder: pathlib.Path, windo
     save = bench.writer(kind, writer)
     read_end, write_end = os.pipe()
     parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child: save the new content over the old, until killed
-        code = 0
-        try:
-            die_with_parent()
-            os.close(read_end)
-            model = bench.load_source("new") if kind == "checkpoint" else bench.new  # restores the new generators
-            os.write(write_end, b"r")
-            while os.getppid() == parent:  # never outlives the benchmark
-                save(model, target)
-        except BaseException:
-            traceback.print_exc()
-            code = 3
-        finally:
-            os._exit(code)
-    CHILDREN.add(pid)
+
+    def child() -> int:  # save the new content over the old, until killed
+        os.close(read_end)
+        model = bench.new_model(kind)
+        os.write(write_end, b"r")
+        while os.getppid() == parent:  # never outlives the benchmark
+            save(model, target)
+        return 0
+
+    pid = fork(child)
     os.close(write_end)
     ready, _, _ = select.select([read_end], [], [], 120)
-    if not ready or os.read(read_end, 1) != b"r":
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise RuntimeError(f"the saving child for {kind} never started")
+    started = bool(ready) and os.read(read_end, 1) == b"r"
     os.close(read_end)
-    delay = chance.uniform(0.0, window_s)
-    time.sleep(delay)
+    time.sleep(delay := chance.uniform(0.0, window_s) if started else 0.0)
     os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     CHILDREN.discard(pid)
+    if not started:
+        raise RuntimeError(f"the saving child for {kind} never started")
     if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
         raise RuntimeError(f"the saving child for {kind} ended by itself (status {status}): see its traceback above")
     outcome, detail, warned = bench.classify(kind, folder)
-    trial = Trial(kind, writer, outcome, detail, delay, warned=warned)
     left = temporaries(folder)
-    trial.temporaries_left = len(left)
+    trial = Trial(kind, writer, outcome, detail, delay, temporaries_left=len(left), warned=warned)
     if kind != "checkpoint" and writer == "ours" and left:  # once older than STALE_AFTER_S, the next save removes them
         for path in left:
             os.utime(path, (time.time() - 2 * STALE_AFTER_S,) * 2)
@@ -298,14 +269,8 @@ def folder_size(folder: pathlib.Path) -> int:
 def tmpfs(mount_point: pathlib.Path, size: int) -> Iterator[bool]:
     """A tmpfs of ``size`` bytes at ``mount_point``; ``False`` where it cannot be mounted (not root)."""
     mount_point.mkdir(parents=True, exist_ok=True)
-    mounted = (
-        hasattr(os, "geteuid")
-        and os.geteuid() == 0
-        and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], capture_output=True
-        ).returncode
-        == 0
-    )
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)]
+    mounted = hasattr(os, "geteuid") and os.geteuid() == 0 and subprocess.run(mount, capture_output=True).returncode == 0
     try:
         yield mounted
     finally:
@@ -319,24 +284,17 @@ def full_disk_trials(bench: Bench, kind: str, writer: str, trials: int, chance: 
     bench.write_old(kind, probe)
     old_size = folder_size(probe)
     (probe / "n").mkdir()
-    bench.writer(kind, writer)(
-        bench.load_source("new") if kind == "checkpoint" else bench.new, bench.target(kind, probe / "n")
-    )
-    new_size = folder_size(probe / "n")
-    results = []
-    mount_point = bench.work / "disk" / f"{kind}-{writer}"
+    bench.writer(kind, writer)(bench.new_model(kind), bench.target(kind, probe / "n"))
+    new_size, results, mount_point = folder_size(probe / "n"), [], bench.work / "disk" / f"{kind}-{writer}"
     with tmpfs(mount_point, 2 * (old_size + new_size) + 2**20) as mounted:
         if not mounted:
             return None
         for index in range(trials):
             folder = mount_point / f"trial{index}"
             bench.write_old(kind, folder)
-            model = bench.load_source("new") if kind == "checkpoint" else bench.new
-            stat = os.statvfs(mount_point)
+            model, stat, filler = bench.new_model(kind), os.statvfs(mount_point), mount_point / "filler"
             leave = int(chance.uniform(0.0, 1.0) * new_size)
-            filler = mount_point / "filler"
-            with open(filler, "wb") as file:
-                file.write(b"\0" * max(stat.f_bavail * stat.f_frsize - leave, 0))
+            filler.write_bytes(b"\0" * max(stat.f_bavail * stat.f_frsize - leave, 0))
             try:
                 bench.writer(kind, writer)(model, bench.target(kind, folder))
                 error = "no error raised"
@@ -361,10 +319,7 @@ class Concurrency:
 
 
 def concurrent_trial(bench: Bench, kind: str, writer: str, mode: str, workers: int, saves: int) -> Concurrency:
-    """
-    ``workers`` threads or processes each save ``saves`` times on one path (the old and the new
-    content by turns), while this process loads the file again and again.
-    """
+    """``workers`` threads or processes save ``saves`` times each on one path (old and new by turns), loaded meanwhile."""
     folder = bench.work / "concurrent" / f"{kind}-{writer}-{mode}"
     bench.write_old(kind, folder)
     target = bench.target(kind, folder)
@@ -373,15 +328,12 @@ def concurrent_trial(bench: Bench, kind: str, writer: str, mode: str, workers: i
     reads: Counter[str] = Counter()
 
     def work(index: int) -> int:
-        failed = 0
         for turn in range(saves):
             try:
                 save(bench.new if (index + turn) % 2 else bench.old, target)
             except Exception as error:
-                failed += 1
-                if mode == "threads":
-                    errors.append(f"{type(error).__name__}: {' '.join(str(error).split())[:200]}")
-        return failed
+                errors.append(f"{type(error).__name__}: {' '.join(str(error).split())[:200]}")
+        return min(len(errors), 254)
 
     if mode == "threads":
         threads = [threading.Thread(target=work, args=(index,)) for index in range(workers)]
@@ -389,22 +341,8 @@ def concurrent_trial(bench: Bench, kind: str, writer: str, mode: str, workers: i
             thread.start()
         while any(thread.is_alive() for thread in threads):
             reads[bench.classify(kind, folder)[0]] += 1
-        for thread in threads:
-            thread.join()
     else:
-        children = []
-        for index in range(workers):
-            pid = os.fork()
-            if pid == 0:
-                code = 255
-                try:
-                    die_with_parent()
-                    code = min(work(index), 254)
-                finally:
-                    os._exit(code)
-            children.append(pid)
-            CHILDREN.add(pid)
-        running = set(children)
+        running = {fork(functools.partial(work, index)) for index in range(workers)}
         while running:
             reads[bench.classify(kind, folder)[0]] += 1
             for pid in list(running):
@@ -412,33 +350,20 @@ def concurrent_trial(bench: Bench, kind: str, writer: str, mode: str, workers: i
                 if done:
                     running.discard(pid)
                     CHILDREN.discard(pid)
-                    failed = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255
-                    errors += [f"a save raised (in process {pid})"] * failed
+                    errors += [f"a save raised (in process {pid})"] * (os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255)
     final = bench.classify(kind, folder)[0]
     return Concurrency(kind, writer, mode, workers * saves, errors, reads, final)
 
 
 def git_revision(path: pathlib.Path) -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args, "--", str(path)], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
     try:
-        out = subprocess.run(
-            ["git", "log", "-1", "--format=%h %s", "--", str(path)], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", str(path)], cwd=ROOT, capture_output=True, text=True
-        ).stdout
-        return (out[:70] or "not committed") + (" (modified)" if dirty.strip() else "")
+        dirty = " (modified)" if git("status", "--porcelain").strip() else ""
+        return (git("log", "-1", "--format=%h %s").strip()[:70] or "not committed") + dirty
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def report(
@@ -490,8 +415,7 @@ def report(
             notes.append(f"an error raised in {raised}/{len(group)}")
             if group[0].writer == "sb3":
                 notes.append("written in place, so the old file's room is reused and the new one fits here")
-        warned = sum(trial.warned for trial in group)
-        if warned:
+        if warned := sum(trial.warned for trial in group):
             notes.append(f"a fallback warning in {warned}")
         cells = " | ".join(str(counts[outcome]) for outcome in OUTCOMES)
         return f"| {event} | {label} | {len(group)} | {cells} | {'; '.join(notes)} |"
@@ -503,12 +427,8 @@ def report(
         lines.append(row("SIGKILL while saving", labels[key], group))
     for disk_key, found in disk.items():
         kind, writer = disk_key.split("/")
-        if found is None:
-            lines.append(
-                f"| full disk | {labels[(kind, writer)]} | 0 | | | | | not run: no tmpfs could be mounted (needs root) |"
-            )
-        else:
-            lines.append(row("full disk (tmpfs)", labels[(kind, writer)], found))
+        not_run = f"| full disk | {labels[(kind, writer)]} | 0 | | | | | not run: no tmpfs could be mounted (needs root) |"
+        lines.append(not_run if found is None else row("full disk (tmpfs)", labels[(kind, writer)], found))
     for result in concurrency:
         cells = " | ".join(str(result.reads[outcome]) for outcome in OUTCOMES)
         note = f"{len(result.save_errors)} of the {result.saves} saves raised; the file at the end: {result.final}"
@@ -520,17 +440,12 @@ def report(
         )
     examples = [trial for trial in [*trials, *(t for found in disk.values() if found for t in found)] if trial.detail]
     if examples:
-        lines += [
-            "",
-            "What loading found, and the errors the full-disk saves raised (the first 3 of each row and outcome; "
-            "WORK is the benchmark's temporary folder):",
-            "",
-        ]
+        what = "What loading found, and the errors the full-disk saves raised (the first 3 of each row and outcome; "
+        lines += ["", what + "WORK is the benchmark's temporary folder):", ""]
         shown: Counter[tuple[str, str, str]] = Counter()
         for trial in examples:
-            key3 = (trial.kind, trial.writer, trial.outcome)
-            if shown[key3] < 3:
-                shown[key3] += 1
+            shown[key3 := (trial.kind, trial.writer, trial.outcome)] += 1
+            if shown[key3] <= 3:
                 detail = trial.detail if len(trial.detail) <= 300 else trial.detail[:297] + "..."
                 lines.append(f"- {labels[(trial.kind, trial.writer)]}, {trial.outcome}: {detail}")
     return "\n".join(lines) + "\n"
@@ -550,8 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     args = parser.parse_args(argv)
     kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown or not kinds:
+    if set(kinds) - set(KINDS) or not kinds:
         parser.error(f"--kinds must be a comma-separated subset of {','.join(KINDS)}, got {args.kinds!r}")
     if min(args.kills, args.full_disk, args.saves) < 0 or args.workers < 1:
         parser.error("--kills, --full-disk and --saves must be non-negative, --workers positive")
@@ -560,21 +474,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     work = pathlib.Path(tempfile.mkdtemp(prefix="crash_safety_"))
     os.environ.setdefault(CONFIG_DIR_VARIABLE, str(work / "config"))  # the checkpoints' signing key: not the user's
-    chance = random.Random(args.seed)
-    trials: list[Trial] = []
+    chance, trials, concurrency = random.Random(args.seed), list[Trial](), list[Concurrency]()
     disk: dict[str, list[Trial] | None] = {}
-    concurrency: list[Concurrency] = []
     try:
         bench = Bench(work)
         for kind in kinds:
-            writers = ["ours", "sb3"] if args.compare_sb3 and kind != "checkpoint" else ["ours"]
-            for writer in writers:
+            for writer in ["ours", "sb3"] if args.compare_sb3 and kind != "checkpoint" else ["ours"]:
                 window = 1.5 * save_duration(bench, kind, writer)
                 for index in range(args.kills):
-                    trial = kill_trial(
-                        bench, kind, writer, work / "kills" / f"{kind}-{writer}" / f"trial{index}", window, chance
-                    )
-                    trials.append(trial)
+                    folder = work / "kills" / f"{kind}-{writer}" / f"trial{index}"
+                    trials.append(trial := kill_trial(bench, kind, writer, folder, window, chance))
                     moment = f"after {trial.delay_s * 1e3:6.1f} ms"
                     print(f"{kind:10} {writer:4} kill {index + 1:3}/{args.kills} {moment}: {trial.outcome}", flush=True)
                 if args.full_disk:
@@ -588,10 +497,10 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
+        if args.keep:
             print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     for trial in [*trials, *(trial for found in disk.values() if found for trial in found)]:
         trial.detail = trial.detail.replace(str(work), "WORK")  # the report names files, not this run's folder
     text = report(trials, disk, concurrency, args, time.time() - start)
@@ -604,18 +513,14 @@ def main(argv: list[str] | None = None) -> int:
         for trial in trials:
             counts.setdefault(f"kill/{trial.kind}/{trial.writer}", dict.fromkeys(OUTCOMES, 0))[trial.outcome] += 1
         for result in concurrency:
-            counts[f"{result.mode}/{result.kind}/{result.writer}"] = {
-                **{outcome: result.reads[outcome] for outcome in OUTCOMES},
-                "save_errors": len(result.save_errors),
-                "final_" + result.final: 1,
-            }
+            reads = {outcome: result.reads[outcome] for outcome in OUTCOMES}
+            counts[f"{result.mode}/{result.kind}/{result.writer}"] = reads | {"save_errors": len(result.save_errors)}
+            counts[f"{result.mode}/{result.kind}/{result.writer}"]["final_" + result.final] = 1
         for key, found in disk.items():
-            if found is not None:
-                for trial in found:
-                    counts.setdefault(f"disk/{key}", dict.fromkeys(OUTCOMES, 0))[trial.outcome] += 1
-        args.json.write_text(
-            json.dumps({"counts": counts, "disk_run": {key: found is not None for key, found in disk.items()}}, indent=1)
-        )
+            for trial in found or []:
+                counts.setdefault(f"disk/{key}", dict.fromkeys(OUTCOMES, 0))[trial.outcome] += 1
+        disk_run = {key: found is not None for key, found in disk.items()}
+        args.json.write_text(json.dumps({"counts": counts, "disk_run": disk_run}, indent=1))
     return 0
 
 

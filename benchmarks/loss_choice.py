@@ -1,10 +1,6 @@
 """
-Why ``loss="mse"`` is DeepSARSA's default: MSE vs Huber on the risky-bridge MDP.
-
-Each run learns a Q-table (one-hot observations, ``net_arch=[]``) with a fixed ε on
-:func:`deep_sarsa.tabular.risky_bridge` and is compared with the exact Q^π of the ε-greedy
-policy (solved from the Bellman equations) and with Q*. The figure of merit is the error at
-(start, edge), whose target is 9 most of the time and -27 when the agent explores into the fall.
+Why ``loss="mse"`` is DeepSARSA's default: MSE vs Huber on :func:`deep_sarsa.tabular.risky_bridge`, each run a Q-table
+with a fixed ε compared with the exact Q^π of the ε-greedy policy at (start, edge) (docs/algorithm.md).
 
     python benchmarks/loss_choice.py                 # 5 seeds, both cores, about 3 minutes
     python benchmarks/loss_choice.py --seeds 1 --steps 3000   # quick look
@@ -27,6 +23,7 @@ MDP = risky_bridge()
 
 
 def run(job: tuple[str, str, int, float, int]) -> dict[str, float | str | int]:
+    """Train one (next_action, loss, seed, ε, steps) run; its Q(start, edge), error against Q^π and route."""
     next_action, loss, seed, epsilon, steps = job
     th.set_num_threads(1)  # one process per core
     model = tabular_deep_sarsa(MDP, epsilon, buffer_size=steps, next_action=next_action, loss=loss, seed=seed)

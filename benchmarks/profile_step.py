@@ -1,14 +1,9 @@
 """
-Where the time goes in the ``step`` setting of ``benchmarks/throughput.py`` (rl-zoo's CartPole-v1
-entry with ``train_freq=4, gradient_steps=1``), measured inside ``learn()``: each phase is a
-method or function wrapped with a timer, so the numbers include the cache effects of the loop
-(in isolation every small operation is 2-3x cheaper).
+Where the time goes in the ``step`` setting of ``benchmarks/throughput.py``, timed inside ``learn()`` (each phase's
+method wrapped in a timer, about 1 µs a call): microseconds per env step (rollout) and per gradient step (``train()``).
 
     python benchmarks/profile_step.py                      # DeepSARSA ("sampled") and DQN, one thread
     python benchmarks/profile_step.py --next-action stored --steps 20000
-
-Microseconds per env step for the rollout phases and per gradient step for the ``train()``
-phases; the timers add about 1 µs per call.
 """
 
 import argparse

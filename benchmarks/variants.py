@@ -1,15 +1,6 @@
 """
-Which ``next_action``: each variant per task, from the results already kept (nothing is trained here).
-
-Two sources, one table per task:
-
-- the learning grid (``benchmarks/runs``, ``harness.py``): every variant and DQN with the same hyperparameters (rl-zoo's
-  DQN entry; Taxi and CliffWalking: ``harness.HAND_SET``), 5 or 10 seeds: the final return, median [IQR];
-- the tuning studies (``benchmarks/studies/TASK.db``, ``tune.py``): every finished trial of every study of the task,
-  grouped by the ``next_action`` it sampled. A variant's best trial is the one whose worst tuning seed is highest over
-  the last 20% of its evaluations (ties: the higher worst-seed area under the curve), whatever the study's own
-  objective, so that studies on the area and on the last 20% are read alike. Only complete trials count for "best"
-  (a pruned trial did not train every seed).
+Which ``next_action``: each variant per task, from the results already kept (nothing is trained): the learning grid's
+final returns and every finished trial of the task's studies, by the ``next_action`` it sampled.
 
     python benchmarks/variants.py          # benchmarks/results/variants.md
 """
@@ -23,9 +14,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import LECTURE_TASKS, RUNS, TASKS, quartiles
+from harness import LECTURE_TASKS, RUNS, TASKS, load, quartiles, write_report
 from tune import FINISHED, STUDIES, area_under_curve, last_fraction_mean
-from validate import load
 
 from deep_sarsa.presets import NEXT_ACTIONS, Preset, load_presets, variant_presets
 
@@ -34,35 +24,24 @@ OUTPUT = Path(__file__).parent / "results" / "variants.md"
 
 
 class Best(NamedTuple):
-    """A variant's best complete trial in a task's studies."""
+    """A variant's best complete trial: its study, number, worst seed's last 20% and area, mean area (the tie-breaks)."""
 
-    #: the study's name and the trial's number
     study: str
     number: int
-    #: the worst tuning seed's mean over the last 20% of its evaluations, and its area under the curve
     worst_last: float
     worst_area: float
-    #: the mean of the seeds' areas: the last tie-break, as ``tune.best_trials`` (which a per-variant preset comes from)
     mean_area: float
 
 
 def worst_scores(curves: Sequence[Sequence[Sequence[float]]]) -> tuple[float, float]:
-    """
-    :param curves: one curve per tuning seed, ``(step, mean return, std)`` each point
-    :return: the worst seed's mean of its last 20% of evaluations, and the worst seed's area under the curve
-    """
+    """The worst seed's mean of its last 20% of evaluations, and the worst seed's area under the curve."""
     if not curves:
         raise ValueError("a trial needs at least one seed's curve")
     return min(last_fraction_mean(curve) for curve in curves), min(area_under_curve(curve) for curve in curves)
 
 
 def by_variant(trials: Iterable[tuple[str, Any]]) -> dict[str, tuple[int, int, Best | None]]:
-    """
-    Group finished trials by their ``next_action``.
-
-    :param trials: ``(study name, FrozenTrial)`` pairs, finished trials only (complete or pruned)
-    :return: per variant, (finished trials, complete trials, the best complete one or None)
-    """
+    """(study name, finished trial) pairs by ``next_action``: (finished trials, complete trials, the best or None)."""
     counts: dict[str, list[int]] = {}
     best: dict[str, Best] = {}
     for study, trial in trials:
@@ -74,8 +53,7 @@ def by_variant(trials: Iterable[tuple[str, Any]]) -> dict[str, tuple[int, int, B
         curves = trial.user_attrs["curves"]
         mean_area = float(np.mean([area_under_curve(curve) for curve in curves]))
         candidate = Best(study, trial.number, *worst_scores(curves), mean_area)
-        current = best.get(variant)
-        if current is None or candidate[2:] > current[2:]:
+        if variant not in best or candidate[2:] > best[variant][2:]:
             best[variant] = candidate
     return {variant: (total, complete, best.get(variant)) for variant, (total, complete) in counts.items()}
 
@@ -97,22 +75,10 @@ def study_trials(task: str, studies: Path = STUDIES) -> list[tuple[str, Any]]:
 
 
 def table(
-    task: str,
-    grid: dict[tuple[str, str], list[dict[str, Any]]],
-    presets: dict[str, Preset],
-    studies: Path = STUDIES,
+    task: str, grid: dict[tuple[str, str], list[dict[str, Any]]], presets: dict[str, Preset], studies: Path = STUDIES,
     per_variant: dict[str, dict[str, Preset]] | None = None,
-) -> list[str]:
-    """
-    The markdown lines of one task.
-
-    :param task: the task
-    :param grid: the grid's results by (task, algorithm) (``validate.load``)
-    :param presets: the package's presets (``load_presets``)
-    :param studies: the studies' folder
-    :param per_variant: the per-variant presets by variant (``variant_presets``), or None: none
-    :return: the lines
-    """
+) -> list[str]:  # fmt: skip
+    """The markdown lines of one task (``grid``: ``validate.load``'s; ``per_variant``: ``variant_presets`` by variant)."""
     tuned = by_variant(study_trials(task, studies))
     lines = [
         f"## {task}",
@@ -148,6 +114,7 @@ def table(
 
 
 def report(args: argparse.Namespace) -> int:
+    """``--output``: a table per task that has grid results or studies."""
     tasks = [
         task
         for task in TASKS
@@ -172,14 +139,12 @@ def report(args: argparse.Namespace) -> int:
     per_variant = {variant: variant_presets(variant) for variant in NEXT_ACTIONS}
     for task in tasks:
         lines += table(task, grid, presets, args.studies, per_variant)
-    text = "\n".join(lines)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(text)
+    write_report(args.output, "\n".join(lines))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=RUNS, help="the grid's results (default benchmarks/runs)")
     parser.add_argument("--studies", type=Path, default=STUDIES, help="the studies' folder (default benchmarks/studies)")

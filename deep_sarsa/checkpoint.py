@@ -92,6 +92,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrappe
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.files import check_model_safely
 from deep_sarsa.finite import RawFiniteCheck
+from deep_sarsa.gate import memory_cap, open_regular, read_regular
 from deep_sarsa.safe_pickle import TRUST_HINT, UnsafeFileError, one_line
 from deep_sarsa.signing import key_path, sign, signature_path, signing_key, verify
 
@@ -114,6 +115,10 @@ _OLD = ".old-"
 _GENERATION = re.compile(r"gen-(\d{8,})-step-(\d+)")
 _STATE_KEYS = {"env", "numpy", "torch", "cuda", "python", "action_space"}
 _CHUNK = 1 << 20
+#: the largest manifest read (one written here is about 1 KB)
+MAX_MANIFEST_BYTES = 1 << 20
+#: the largest checkpoint file read (lowered to the memory available: each is read into memory)
+MAX_CHECKPOINT_FILE_BYTES = 1 << 40
 
 
 class CheckpointError(ValueError):
@@ -449,12 +454,31 @@ def save_checkpoint(model: DeepSARSA, folder: str | pathlib.Path, keep: int = 1)
 # -- loading --------------------------------------------------------------------------------------
 
 
-def _read_checked(path: pathlib.Path, entry: Any) -> bytes:
-    """A file's bytes, checked against its manifest entry."""
+def _open_entry(path: pathlib.Path, entry: Any) -> IO[bytes]:
+    """
+    A checkpoint file opened through the gate (:func:`deep_sarsa.gate.open_regular`: a regular file
+    inside its generation, no larger than the memory available), its size compared with the
+    manifest's before a byte of it is read.
+    """
+    if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
+        raise CheckpointError(f"{path}: its manifest entry {entry!r} is not a size and a sha256")
     try:
-        content = path.read_bytes()
+        file = open_regular(path, "a checkpoint file", memory_cap(MAX_CHECKPOINT_FILE_BYTES), path.parent, CheckpointError)
     except FileNotFoundError as error:
         raise CheckpointError(f"{path}: missing (the manifest lists it): the checkpoint is incomplete") from error
+    size = os.fstat(file.fileno()).st_size
+    if size != entry["size"]:
+        file.close()
+        raise CheckpointError(
+            f"{path}: {size} bytes, but the manifest records {entry['size']}: the file is truncated or from another checkpoint"
+        )
+    return file
+
+
+def _read_checked(path: pathlib.Path, entry: Any) -> bytes:
+    """A file's bytes, checked against its manifest entry."""
+    with _open_entry(path, entry) as file:
+        content = file.read(entry["size"] + 1)
     _check_entry(path, entry, len(content), hashlib.sha256(content).hexdigest())
     return content
 
@@ -475,10 +499,7 @@ def _check_entry(path: pathlib.Path, entry: Any, size: int, sha256: str) -> None
 
 def _open_checked(path: pathlib.Path, entry: Any) -> IO[bytes]:
     """A large file, opened once, checked against its manifest entry, and rewound: what is checked is what is read."""
-    try:
-        file = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    except FileNotFoundError as error:
-        raise CheckpointError(f"{path}: missing (the manifest lists it): the checkpoint is incomplete") from error
+    file = _open_entry(path, entry)
     digest, size = hashlib.sha256(), 0
     while chunk := file.read(_CHUNK):
         digest.update(chunk)
@@ -495,7 +516,7 @@ def _open_checked(path: pathlib.Path, entry: Any) -> IO[bytes]:
 def _read_manifest(folder: pathlib.Path, trusted: bool) -> dict[str, Any]:
     path = folder / MANIFEST_FILE
     try:
-        content = path.read_bytes()
+        content = read_regular(path, "a checkpoint manifest", MAX_MANIFEST_BYTES, folder, CheckpointError)
     except FileNotFoundError as error:
         raise CheckpointError(f"{path}: missing: {folder} is not a complete checkpoint") from error
     if not (trusted or verify(path, content)):
@@ -562,7 +583,7 @@ def _load_flat(folder: pathlib.Path, device: th.device | str, trusted: bool) -> 
     model_trusted = trusted or verify(folder / MODEL_FILE)
     check_model_safely(folder / MODEL_FILE, DeepSARSA, model_trusted)
     path = folder / STATE_FILE
-    content = path.read_bytes()
+    content = read_regular(path, "a checkpoint state", memory_cap(MAX_CHECKPOINT_FILE_BYTES), folder, CheckpointError)
     if not (trusted or verify(path, content)):
         problem = "its signature does not match" if signature_path(path).exists() else "it is not signed"
         raise UnsafeFileError(

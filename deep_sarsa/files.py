@@ -32,11 +32,14 @@ from typing import Any, TypeVar
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
 from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
+from deep_sarsa.gate import memory_cap, open_regular, read_regular, stream_size
+from deep_sarsa.masking import MASKS_ATTRIBUTE
 from deep_sarsa.safe_pickle import BUFFER_GLOBALS, MODEL_GLOBALS, TRUST_HINT, UnsafeFileError, one_line, restricted_load
-from deep_sarsa.validation import check_hyperparameters, model_settings
+from deep_sarsa.validation import check_hyperparameters, largest_part, memory_bytes, model_settings, q_network_parameters
 
 Model = TypeVar("Model")
 Source = str | pathlib.Path | io.BufferedIOBase
@@ -51,6 +54,31 @@ MAX_OTHER_BYTES = 2**20
 MAX_MEMBERS = 256
 #: the largest model file read
 MAX_MODEL_FILE_BYTES = 2 * MAX_PTH_BYTES + MAX_DATA_BYTES
+#: the largest replay buffer file read (lowered to the memory available: it is unpickled into memory)
+MAX_BUFFER_FILE_BYTES = 2**40
+#: the entries SB3's ``save`` writes (DeepSARSA's saves the same): a model zip with any other is refused
+MODEL_ENTRIES = frozenset(
+    {"data", "policy.pth", "policy.optimizer.pth", "pytorch_variables.pth", "_stable_baselines3_version", "system_info.txt"}
+)
+#: what ``policy.pth`` and ``policy.optimizer.pth`` may hold beyond the tensors of the declared networks
+#: (torch's zip format, the pickled names; about 5 KB for CartPole's networks)
+PTH_OVERHEAD_BYTES = 2**20
+#: the attributes of SB3's DQN and DeepSARSA that ``save`` may write as serialized objects (besides
+#: the constructor's keywords): a ``data`` entry of another name that is not plain JSON is refused
+SAVED_ATTRIBUTES = frozenset(
+    {
+        "policy_class", "policy_kwargs", "observation_space", "action_space", "learning_rate", "lr_schedule",
+        "exploration_schedule", "train_freq", "replay_buffer_class", "replay_buffer_kwargs", "action_noise",
+        "_last_obs", "_last_episode_starts", "_last_original_obs", "_last_masks", "ep_info_buffer",
+        "ep_success_buffer", "batch_norm_stats", "batch_norm_stats_target", "target_update_interval",
+        "_target_update_source", "_target_update_frequency", "_target_update_unit", "seed", "tensorboard_log",
+        "num_timesteps", "_total_timesteps", "_num_timesteps_at_start", "start_time", "_episode_num",
+        "_current_progress_remaining", "_stats_window_size", "_n_updates", "n_envs", "use_sde", "sde_sample_freq",
+        "use_sde_at_warmup", "exploration_rate", "_n_calls", "_episode_num_at_target_update", "_episode_num_seen",
+        "_timesteps_at_episode_end", "_warned_no_episode_end", "_checking_raw", "_masking", "_stop_requested",
+        "_learning", "verbose", "_episode_storage", "remove_time_limit_termination",
+    }
+)  # fmt: skip
 
 
 def _existing(path: pathlib.Path, suffix: str) -> pathlib.Path:
@@ -66,27 +94,39 @@ def _name_of(file: io.BufferedIOBase) -> str:
 
 def read_model_file(path: Source) -> tuple[str, bytes]:
     """
-    The bytes of a model file (read once, so that what is checked is what is loaded).
+    The bytes of a model file (read once, so that what is checked is what is loaded), through the
+    gate (:func:`deep_sarsa.gate.read_regular`): a regular file, at most :data:`MAX_MODEL_FILE_BYTES`
+    and the memory available.
 
     :param path: the file (``.zip`` is added if it does not exist without), or a file object
     :return: its name for messages, and its content
     """
+    cap = memory_cap(MAX_MODEL_FILE_BYTES)
     if isinstance(path, io.BufferedIOBase):
-        return _name_of(path), path.read()
+        content = path.read(cap + 1)
+        if len(content) > cap:
+            raise ValueError(f"{_name_of(path)} is more than {cap} bytes, more than a model file may be here")
+        return _name_of(path), content
     path = _existing(pathlib.Path(path), ".zip")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
-    size = path.stat().st_size
-    if size > MAX_MODEL_FILE_BYTES:
-        raise ValueError(f"{path} is {size} bytes, more than a model file may be ({MAX_MODEL_FILE_BYTES})")
-    return str(path), path.read_bytes()
+    try:
+        return str(path), read_regular(path, "a model file", cap)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{path}: no such model file") from error
 
 
 def _check_members(name: str, members: list[zipfile.ZipInfo]) -> None:
-    """Refuse a zip bomb before anything is decompressed: the sizes of the central directory."""
+    """
+    Refuse a zip bomb before anything is decompressed, from the sizes of the central directory: an
+    entry that SB3 does not write, an entry over its cap, entries whose sum exceeds the memory available.
+    """
     if len(members) > MAX_MEMBERS:
         raise ValueError(f"{name} has {len(members)} entries, more than a model file may have ({MAX_MEMBERS})")
     for member in members:
+        if member.filename not in MODEL_ENTRIES:
+            raise ValueError(
+                f"{name}: its entry {member.filename!r} ({member.file_size} bytes) is not one that SB3 or DeepSARSA "
+                f"writes ({', '.join(sorted(MODEL_ENTRIES))}): refused"
+            )
         if member.filename == "data":
             cap = MAX_DATA_BYTES
         elif member.filename.endswith(".pth"):
@@ -95,6 +135,75 @@ def _check_members(name: str, members: list[zipfile.ZipInfo]) -> None:
             cap = MAX_OTHER_BYTES
         if member.file_size > cap:
             raise ValueError(f"{name}: its entry {member.filename!r} is {member.file_size} bytes, more than {cap} allowed")
+    total = sum(member.file_size for member in members)
+    available = memory_cap(total)
+    if total > available:
+        raise ValueError(
+            f"{name}: its entries hold {total} bytes once decompressed, more than the {available} bytes of memory available"
+        )
+
+
+def entry_sizes(content: bytes) -> dict[str, int]:
+    """
+    :param content: a model zip (checked by :func:`check_model_data`)
+    :return: the uncompressed size of each entry, as its central directory declares it
+    """
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        return {member.filename: member.file_size for member in archive.infolist()}
+
+
+def check_declared_networks(name: str, sizes: dict[str, int], objects: dict[str, Any]) -> None:
+    """
+    Compare the Q-networks that a model's spaces and ``policy_kwargs`` declare with the weights its
+    ``policy.pth`` holds, and with the memory available, before anything is built: a 100 KB file
+    cannot make SB3 build networks of gigabytes. Refused naming the part that makes them large
+    (``net_arch``, ``observation_space`` or ``action_space``) and both sizes.
+
+    :param name: the file, for messages
+    :param sizes: the uncompressed size of each zip entry (:func:`entry_sizes`)
+    :param objects: its rebuilt entries (:func:`decode_entries`)
+    """
+    observation_space, action_space = objects["observation_space"], objects["action_space"]
+    if not isinstance(observation_space, spaces.Space):
+        raise ValueError(f"{name}: its observation_space is {observation_space!r}, not a Gymnasium space")
+    if not isinstance(action_space, spaces.Discrete):
+        raise ValueError(f"{name}: its action_space is {action_space!r}: DeepSARSA needs a Discrete one")
+    policy_kwargs = objects.get("policy_kwargs")
+    if not (policy_kwargs is None or isinstance(policy_kwargs, dict)):
+        raise ValueError(f"{name}: its policy_kwargs is {policy_kwargs!r}, not a dict")
+    try:
+        parameters = 2 * q_network_parameters(observation_space, action_space, objects["policy_class"], policy_kwargs)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise ValueError(f"{name}: its networks cannot be sized: {one_line(error)}") from error
+    declared = 4 * parameters  # float32
+    held = sizes.get("policy.pth")
+    if held is None:
+        raise ValueError(f"{name} has no 'policy.pth' entry: it holds no weights of the networks")
+    part = None
+    if declared > held:
+        part = largest_part(observation_space, action_space, objects["policy_class"], policy_kwargs)
+        problem = f"but its 'policy.pth' holds {held} bytes"
+    elif max(held, sizes.get("policy.optimizer.pth", 0)) > 2 * declared + PTH_OVERHEAD_BYTES:
+        entry = max(("policy.pth", "policy.optimizer.pth"), key=lambda key: sizes.get(key, 0))
+        raise ValueError(
+            f"{name}: its entry {entry!r} is {sizes[entry]} bytes once decompressed, far more than the networks it "
+            f"declares ({parameters} parameters, {declared} bytes) need: refused before decompressing it"
+        )
+    else:
+        _, available = memory_bytes()
+        if available is not None and declared > available:
+            part = largest_part(observation_space, action_space, objects["policy_class"], policy_kwargs)
+            problem = f"more than the {available} bytes of memory available"
+    if part is not None:
+        shown = {
+            "net_arch": f"policy_kwargs['net_arch'] = {(policy_kwargs or {}).get('net_arch')}",
+            "observation_space": f"observation_space {observation_space}",
+            "action_space": f"action_space {action_space}",
+        }[part]
+        raise ValueError(
+            f"{name}: its {shown} declares Q-networks of {parameters} parameters ({declared} bytes), {problem}: "
+            "refused before building them"
+        )
 
 
 def _is_serialized(item: Any) -> bool:
@@ -119,6 +228,8 @@ def check_model_data(name: str, content: bytes) -> dict[str, Any]:
             f"{name} is not a model saved by SB3 (expected a complete zip file with a 'data' entry): {error}"
         ) from error
     with archive:
+        if "data" not in archive.namelist():  # not SB3's zip (or a truncated one, whose last directory is a .pth's)
+            raise ValueError(f"{name} is not a model saved by SB3 (expected a complete zip file with a 'data' entry)")
         _check_members(name, archive.infolist())
         try:
             data = json.loads(archive.read("data"))
@@ -176,6 +287,16 @@ def _check_key(name: str, key: str, model_class: type, never_saved: frozenset[st
         raise UnsafeFileError(f"{name}: entry {key!r} is one that save() never writes: refused; {TRUST_HINT}")
 
 
+def _check_serialized_key(name: str, key: str, model_class: type) -> None:
+    """A serialized object under a key that neither SB3 nor DeepSARSA writes becomes an attribute nobody reads: refused."""
+    if key in SAVED_ATTRIBUTES or key in inspect.signature(model_class).parameters:
+        return
+    raise UnsafeFileError(
+        f"{name}: entry {key!r} is a serialized object under a key that neither SB3 nor DeepSARSA writes "
+        f"(only plain JSON values may be kept under other keys, as save(include=...) writes them): refused; {TRUST_HINT}"
+    )
+
+
 def _decode(name: str, key: str, serialized: Any) -> Any:
     if not isinstance(serialized, str):
         raise ValueError(f"{name}: entry {key!r} is not base64 text (got a {type(serialized).__name__})")
@@ -207,6 +328,7 @@ def decode_entries(
             continue
         _check_key(name, key, model_class, never_saved)
         if _is_serialized(item):
+            _check_serialized_key(name, key, model_class)
             objects[key] = _decode(name, key, item[":serialized:"])
     policy_class = objects["policy_class"]
     if not (isinstance(policy_class, type) and issubclass(policy_class, DQNPolicy)):
@@ -227,7 +349,7 @@ def check_model_safely(path: Source, model_class: type, trusted: bool = False) -
     name, content = read_model_file(path)
     data = check_model_data(name, content)
     if not trusted:
-        decode_entries(name, data, model_class, None)
+        check_declared_networks(name, entry_sizes(content), {**data, **decode_entries(name, data, model_class, None)})
 
 
 def check_loaded_model(name: str, model: Any) -> None:
@@ -450,6 +572,7 @@ def load_checked(
     data = check_model_data(name, content)
     if not trusted:
         custom_objects = decode_entries(name, data, model_class, custom_objects)
+        check_declared_networks(name, entry_sizes(content), {**data, **custom_objects, **kwargs})
     try:
         model = load(io.BytesIO(content), *args, custom_objects=custom_objects, **kwargs)
     except ValueError as error:
@@ -468,18 +591,26 @@ def load_checked(
 def read_replay_buffer(path: Source, trusted: bool = False) -> tuple[str, ReplayBuffer]:
     """
     Read a replay buffer that ``save_replay_buffer`` wrote: with the restricted unpickler
-    (:data:`deep_sarsa.safe_pickle.BUFFER_GLOBALS`), or with ``pickle`` when ``trusted``.
+    (:data:`deep_sarsa.safe_pickle.BUFFER_GLOBALS`), or with ``pickle`` when ``trusted``. A path
+    goes through the gate (:func:`deep_sarsa.gate.open_regular`): a regular file no larger than
+    the memory available.
 
     :param path: the file (``.pkl`` is added if it does not exist without), or a file object
     :param trusted: unpickle as SB3 does (runs any code the file names)
     :return: its name for messages, and the buffer
     """
+    cap = memory_cap(MAX_BUFFER_FILE_BYTES)
     if isinstance(path, io.BufferedIOBase):
+        size = stream_size(path)
+        if size is not None and size > cap:
+            raise ValueError(f"{_name_of(path)} is {size} bytes, more than a replay buffer may be here ({cap} bytes)")
         return _name_of(path), _replay_buffer_in(path, _name_of(path), trusted)
     path = _existing(pathlib.Path(path), ".pkl")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such replay buffer file")
-    with open(path, "rb") as file:
+    try:
+        file = open_regular(path, "a replay buffer", cap)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{path}: no such replay buffer file") from error
+    with file:
         return str(path), _replay_buffer_in(file, str(path), trusted)
 
 
@@ -518,7 +649,8 @@ def fit_replay_buffer(name: str, buffer: ReplayBuffer, model: Any, truncate_last
         )
     if not hasattr(buffer, "handle_timeout_termination"):  # saved by SB3 < 2.1
         buffer.handle_timeout_termination = False
-        buffer.timeouts = np.zeros_like(buffer.dones)
+        buffer.timeouts = np.zeros_like(getattr(buffer, "dones", None))
+    check_replay_buffer(name, buffer, bool(getattr(model, "check_finite", True)))
     if isinstance(buffer, HerReplayBuffer):
         if model.env is None:
             raise ValueError(f"{name}: a HerReplayBuffer needs the model's env: load the model with env=...")
@@ -526,3 +658,124 @@ def fit_replay_buffer(name: str, buffer: ReplayBuffer, model: Any, truncate_last
         if truncate_last_traj:
             buffer.truncate_last_trajectory()
     buffer.device = model.device
+
+
+#: Rows of a replay buffer's array checked at a time (bounded by bytes): the checks allocate no full-size temporary
+_CHECK_BLOCK_BYTES = 2**24
+
+
+def _blocks(array: np.ndarray, rows: int) -> Iterator[np.ndarray]:
+    """The first ``rows`` rows of ``array``, in blocks of about :data:`_CHECK_BLOCK_BYTES`."""
+    step = max(1, _CHECK_BLOCK_BYTES // max(array[:1].nbytes, 1))
+    for start in range(0, rows, step):
+        yield array[start : min(start + step, rows)]
+
+
+def _is_numeric(dtype: np.dtype) -> bool:
+    return dtype.kind in "biuf"
+
+
+def _check_array(name: str, field: str, array: Any, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{name}: the replay buffer's {field} is a {type(array).__name__}, not a NumPy array")
+    if not _is_numeric(array.dtype):
+        raise ValueError(f"{name}: the replay buffer's {field} has the dtype {array.dtype}, not a numeric one")
+    if array.shape != shape:
+        raise ValueError(
+            f"{name}: the replay buffer's {field} has the shape {array.shape}, expected {shape} (buffer_size, n_envs, ...)"
+        )
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        raise ValueError(
+            f"{name}: the replay buffer's {field} has the dtype {array.dtype}, but its space says {np.dtype(dtype)}"
+        )
+    return array
+
+
+def _check_finite(name: str, field: str, array: np.ndarray, rows: int) -> None:
+    if array.dtype.kind != "f":
+        return
+    for block in _blocks(array, rows):
+        if not np.isfinite(block).all():
+            raise ValueError(
+                f"{name}: the replay buffer's {field} holds NaN or infinite values (check_finite=True refuses them; "
+                "check_finite=False loads them)"
+            )
+
+
+def _observation_fields(name: str, buffer: ReplayBuffer) -> list[tuple[str, Any, spaces.Space]]:
+    """(field, array, space) of every observation array of a buffer (one per key of a Dict space)."""
+    space = buffer.observation_space
+    fields: list[tuple[str, Any, spaces.Space]] = []
+    for attribute in ("observations", "next_observations"):
+        if attribute == "next_observations" and buffer.optimize_memory_usage and not isinstance(space, spaces.Dict):
+            continue  # SB3 keeps no next observations then
+        value = getattr(buffer, attribute, None)
+        if isinstance(space, spaces.Dict):
+            if not isinstance(value, dict) or set(value) != set(space.spaces):
+                raise ValueError(
+                    f"{name}: the replay buffer's {attribute} is not a dict of its space's keys {list(space.spaces)}"
+                )
+            fields.extend((f"{attribute}[{key!r}]", value[key], space.spaces[key]) for key in space.spaces)
+        else:
+            fields.append((attribute, value, space))
+    return fields
+
+
+def _check_int(name: str, field: str, value: Any, low: int, high: int | None = None) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= low
+    if not ok or (high is not None and value >= high):
+        expected = f"an integer from {low} to {high - 1}" if high is not None else f"an integer >= {low}"
+        raise ValueError(f"{name}: the replay buffer's {field} is {value!r}, expected {expected}")
+    return int(value)
+
+
+def check_replay_buffer(name: str, buffer: ReplayBuffer, check_finite: bool = True) -> None:
+    """
+    Refuse a replay buffer whose state does not hold together (what SB3 would only find out while
+    learning, as an ``IndexError``, a ``RuntimeError`` or NaN weights): ``buffer_size``, ``pos`` and
+    ``full`` consistent with its arrays; every array numeric, of the shape ``(buffer_size, n_envs,
+    ...)`` and, for observations, the dtype its space says; the actions stored so far inside the
+    Discrete action space; with ``check_finite``, finite rewards and observations.
+
+    :param name: the file, for messages
+    :param buffer: the buffer read (its spaces and ``n_envs`` already match the model's)
+    :param check_finite: refuse NaN and infinite rewards and observations
+    :raises ValueError: naming the file and the field
+    """
+    size = _check_int(name, "buffer_size", getattr(buffer, "buffer_size", None), 1)
+    n_envs = _check_int(name, "n_envs", getattr(buffer, "n_envs", None), 1)
+    pos = _check_int(name, "pos", getattr(buffer, "pos", None), 0, size)
+    full = getattr(buffer, "full", None)
+    if not isinstance(full, (bool, np.bool_)):
+        raise ValueError(f"{name}: the replay buffer's full is {full!r}, expected True or False")
+    rows = size if full else pos
+    for field, array, space in _observation_fields(name, buffer):
+        shape = get_obs_shape(space)
+        assert isinstance(shape, tuple)
+        _check_finite(name, field, _check_array(name, field, array, (size, n_envs, *shape), space.dtype), rows)
+    action_space = buffer.action_space
+    actions = _check_array(name, "actions", getattr(buffer, "actions", None), (size, n_envs, get_action_dim(action_space)))
+    if isinstance(action_space, spaces.Discrete):
+        low, high = int(action_space.start), int(action_space.start) + int(action_space.n)
+        for block in _blocks(actions, rows):
+            if block.size and (block.min() < low or block.max() >= high or (block != np.round(block)).any()):
+                raise ValueError(
+                    f"{name}: the replay buffer's actions hold values outside the action space {action_space} "
+                    f"(from {block.min()} to {block.max()})"
+                )
+    fields = ["rewards", "dones"] + (["timeouts"] if getattr(buffer, "handle_timeout_termination", False) else [])
+    for field in fields:
+        array = _check_array(name, field, getattr(buffer, field, None), (size, n_envs))
+        if field == "rewards" and check_finite:
+            _check_finite(name, field, array, rows)
+    if isinstance(buffer, HerReplayBuffer):
+        for field in ("ep_start", "ep_length"):
+            _check_array(name, field, getattr(buffer, field, None), (size, n_envs))
+    masks = getattr(buffer, MASKS_ATTRIBUTE, None)
+    if masks is not None and isinstance(action_space, spaces.Discrete):
+        n_actions = int(action_space.n)
+        _check_array(name, "next-state masks (bits)", getattr(masks, "bits", None), (size, n_envs, (n_actions + 7) // 8))
+        _check_array(name, "next-state masks (known)", getattr(masks, "known", None), (size, n_envs))
+        if getattr(masks, "n_actions", None) != n_actions:
+            found = getattr(masks, "n_actions", None)
+            raise ValueError(f"{name}: the replay buffer's next-state masks are for {found} actions, not {n_actions}")

@@ -8,6 +8,13 @@ bytes under the key. The key is 32 random bytes (hex) in ``signing.key`` of the 
 ``$DEEP_SARSA_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/deep-sarsa``, else ``~/.config/deep-sarsa``,
 created on first use with mode 0600 (its folder 0700). Deleting it makes every signature invalid
 (files written before are then refused unless loaded with ``trusted=True``).
+
+Whoever can read the key can sign files that this user will then load without asking, and whoever
+can write it or its folder can put their own key there. So, as OpenSSH refuses a private key that
+others can read, the key is used only when it is a regular file (not a link, a folder or a device)
+owned by this user and neither readable nor writable by group or others, in a config folder that
+only its owner (this user, or root) can write; anything else is a :class:`SigningKeyError` (a
+``ValueError``) of one line that names the file and the fix.
 """
 
 import hashlib
@@ -15,6 +22,7 @@ import hmac
 import os
 import pathlib
 import secrets
+import stat
 import uuid
 
 from deep_sarsa.files import atomic_path
@@ -24,6 +32,13 @@ KEY_FILE = "signing.key"
 SUFFIX = ".sig"
 _SCHEME = "hmac-sha256"
 _KEY_BYTES = 32
+#: whether the file system has owners and modes to check (not on Windows)
+_POSIX = hasattr(os, "getuid")
+_RESIGN = "files signed with the old key are then loaded only when trusted"
+
+
+class SigningKeyError(ValueError):
+    """The signing key or its folder is unsafe to use (others could read or replace it) or is not a key file."""
 
 
 def config_dir() -> pathlib.Path:
@@ -64,22 +79,83 @@ def _create_key(path: pathlib.Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def _check_folder(folder: pathlib.Path) -> None:
+    """Refuse a config folder that another user owns or that group or others can write (they could swap the key)."""
+    if not _POSIX:
+        return
+    try:
+        status = folder.stat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(status.st_mode):
+        raise SigningKeyError(
+            f"{folder}: the config folder of the signing key is not a folder: remove it, or set {CONFIG_DIR_VARIABLE} "
+            "to a folder of yours"
+        )
+    if status.st_uid not in (os.getuid(), 0):
+        raise SigningKeyError(
+            f"{folder}: the config folder of the signing key belongs to another user (uid {status.st_uid}), who could "
+            f"put a key of theirs there: set {CONFIG_DIR_VARIABLE} to a folder of yours"
+        )
+    if status.st_mode & 0o022:
+        raise SigningKeyError(
+            f"{folder}: the config folder of the signing key is writable by others (mode "
+            f"{stat.S_IMODE(status.st_mode):04o}), who could put a key of theirs there: chmod 700 {folder}"
+        )
+
+
+def _read_key_file(path: pathlib.Path) -> str:
+    """The key file's text, once it is known to be a regular file of this user's that nobody else can read or write."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        if path.is_symlink():
+            raise SigningKeyError(
+                f"{path}: the signing key is a symbolic link, not a regular file: replace it by the file it points to "
+                "(mode 0600), or delete it to make a new key"
+            ) from error
+        raise SigningKeyError(f"{path}: the signing key cannot be read ({error.strerror}): fix it, or delete it") from error
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            kind = "a folder" if stat.S_ISDIR(status.st_mode) else "not a regular file"
+            raise SigningKeyError(f"{path}: the signing key is {kind}: remove it (a new key is made on first use)")
+        if _POSIX and status.st_uid != os.getuid():
+            raise SigningKeyError(
+                f"{path}: the signing key belongs to another user (uid {status.st_uid}), who could sign files that you "
+                f"would load: delete it (a new key is made on first use; {_RESIGN})"
+            )
+        if _POSIX and status.st_mode & 0o077:
+            raise SigningKeyError(
+                f"{path}: permissions {stat.S_IMODE(status.st_mode):04o} are too open for the signing key (whoever can "
+                f"read it can sign files that you would load): chmod 600 {path}, or delete it if others may have read "
+                f"it (a new key is made on first use; {_RESIGN})"
+            )
+        return os.read(descriptor, 4 * _KEY_BYTES).decode("ascii", errors="replace")
+    finally:
+        os.close(descriptor)
+
+
 def signing_key() -> bytes:
     """
-    The user's signing key, created on first use.
+    The user's signing key, created on first use (mode 0600, in a folder of mode 0700).
 
     :return: the key
+    :raises SigningKeyError: the key or its folder is unsafe (module docstring), or the file is not a key
     """
     path = key_path()
-    if not path.exists():
+    _check_folder(path.parent)
+    if not os.path.lexists(path):
         _create_key(path)
-    text = path.read_text().strip()
+        _check_folder(path.parent)
+    text = _read_key_file(path).strip()
     try:
         key = bytes.fromhex(text)
     except ValueError:
         key = b""
     if len(key) != _KEY_BYTES:
-        raise ValueError(f"{path} is not a signing key ({2 * _KEY_BYTES} hex digits): delete it to make a new one")
+        raise SigningKeyError(f"{path} is not a signing key ({2 * _KEY_BYTES} hex digits): delete it to make a new one")
     return key
 
 
@@ -130,9 +206,10 @@ def verify(path: str | pathlib.Path, content: bytes | None = None) -> bool:
     :param content: the bytes to check, when the caller has read the file already (then exactly
         what is checked is what it uses); else the file is read
     :return: ``True`` only when ``path.sig`` exists and matches
+    :raises SigningKeyError: there is a key, but it or its folder is unsafe (:func:`signing_key`)
     """
     signature_file = signature_path(path)
-    if not signature_file.is_file() or not key_path().exists():  # no key: nothing was ever signed here
+    if not signature_file.is_file() or not os.path.lexists(key_path()):  # no key: nothing was ever signed here
         return False
     recorded = signature_file.read_text(errors="replace").strip()
     return hmac.compare_digest(recorded.encode(), _signature(pathlib.Path(path) if content is None else content).encode())

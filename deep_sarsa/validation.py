@@ -1,6 +1,7 @@
 """Checks of DeepSARSA's arguments: each failure names the parameter and says what was expected."""
 
 import inspect
+import itertools
 import math
 import os
 import warnings
@@ -12,8 +13,8 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape, is_image_space
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
@@ -392,7 +393,7 @@ def memory_bytes() -> tuple[int | None, int | None]:
     return total, found.get("MemAvailable", total)
 
 
-def check_buffer_memory(estimate: int, buffer_size: int, total: int | None, available: int | None) -> None:
+def check_buffer_memory(estimate: int, buffer_size: int, total: int | None, available: int | None, n_envs: int = 1) -> None:
     """
     Refuse a replay buffer that cannot fit in this machine's memory; warn about one that takes
     more than :data:`BUFFER_MEMORY_WARNING_FRACTION` of the available memory.
@@ -401,16 +402,153 @@ def check_buffer_memory(estimate: int, buffer_size: int, total: int | None, avai
     :param buffer_size: the ``buffer_size`` argument
     :param total: the machine's total memory in bytes (None: unknown, no check)
     :param available: the memory available now in bytes (None: unknown, no warning)
+    :param n_envs: the number of envs (the buffer holds a row of each: with more envs than
+        ``buffer_size``, ``n_envs`` sets its size)
     """
     gigabytes = estimate / 2**30
+    setting = f"n_envs={n_envs} (one row of the buffer per env)" if n_envs > buffer_size else f"buffer_size={buffer_size}"
     if total is not None and estimate > total:
+        name = "n_envs" if n_envs > buffer_size else "buffer_size"
         raise ValueError(
-            f"buffer_size must fit in memory: buffer_size={buffer_size} needs about {gigabytes:.1f} GiB for the replay "
+            f"{name} must fit in memory: {setting} needs about {gigabytes:.1f} GiB for the replay "
             f"buffer, more than this machine's {total / 2**30:.1f} GiB (optimize_memory_usage=True halves the observations)"
         )
     if available is not None and estimate > BUFFER_MEMORY_WARNING_FRACTION * available:
         _warn(
-            f"buffer_size={buffer_size} needs about {gigabytes:.1f} GiB for the replay buffer, more than "
+            f"{setting} needs about {gigabytes:.1f} GiB for the replay buffer, more than "
+            f"{BUFFER_MEMORY_WARNING_FRACTION:.0%} of the {available / 2**30:.1f} GiB of memory available now"
+        )
+
+
+def _flat_features(space: spaces.Space) -> int:
+    """The inputs of an MLP on ``space`` (SB3's ``get_flattened_obs_dim``), in Python integers: nothing is allocated."""
+    if isinstance(space, spaces.Dict):
+        return sum(_flat_features(subspace) for subspace in space.spaces.values())
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, spaces.MultiDiscrete):
+        return sum(int(n) for n in np.asarray(space.nvec).reshape(-1))
+    shape = space.shape if space.shape is not None else ()
+    if not all(isinstance(dim, (int, np.integer)) and dim >= 0 for dim in shape):
+        raise ValueError(f"observation_space {space} has the shape {shape!r}, not a tuple of non-negative integers")
+    return math.prod(int(dim) for dim in shape)
+
+
+def _nature_cnn(space: spaces.Space, features_dim: int) -> tuple[int, int]:
+    """Parameters and outputs of SB3's ``NatureCNN`` on an image space (channels first, as SB3 feeds it)."""
+    shape = tuple(int(dim) for dim in (space.shape or ()))
+    if len(shape) != 3:
+        return 0, _flat_features(space)
+    channels, height, width = shape
+    for kernel, stride in ((8, 4), (4, 2), (3, 1)):
+        height, width = max((height - kernel) // stride + 1, 0), max((width - kernel) // stride + 1, 0)
+    convolutions = (channels * 8 * 8 + 1) * 32 + (32 * 4 * 4 + 1) * 64 + (64 * 3 * 3 + 1) * 64
+    return convolutions + (64 * height * width + 1) * features_dim, features_dim
+
+
+def _extractor(space: spaces.Space, extractor: Any, kwargs: dict[str, Any]) -> tuple[int, int]:
+    """Parameters and outputs of a features extractor of SB3's (any other is estimated as a flattening one)."""
+    if isinstance(extractor, type) and issubclass(extractor, NatureCNN):
+        return _nature_cnn(space, int(kwargs.get("features_dim", 512)))
+    if isinstance(extractor, type) and issubclass(extractor, CombinedExtractor) and isinstance(space, spaces.Dict):
+        parameters = features = 0
+        for subspace in space.spaces.values():
+            image = is_image_space(subspace, normalized_image=bool(kwargs.get("normalized_image", False)))
+            sizes = _nature_cnn(subspace, int(kwargs.get("cnn_output_dim", 256))) if image else (0, _flat_features(subspace))
+            parameters, features = parameters + sizes[0], features + sizes[1]
+        return parameters, features
+    return 0, _flat_features(space)
+
+
+def q_network_parameters(
+    observation_space: spaces.Space, action_space: spaces.Space, policy_class: Any, policy_kwargs: dict[str, Any] | None
+) -> int:
+    """
+    The parameters of the Q-network SB3's DQN policies build for these spaces and keywords (features
+    extractor and MLP), counted from the declaration alone: nothing is built or allocated. The
+    policy holds two (``q_net`` and ``q_net_target``).
+
+    :param observation_space: the observation space
+    :param action_space: a Discrete action space
+    :param policy_class: the policy class (its default features extractor)
+    :param policy_kwargs: its keywords (``net_arch``, ``features_extractor_class``, ``features_extractor_kwargs``)
+    :return: the parameter count of one Q-network
+    """
+    if not isinstance(action_space, spaces.Discrete):
+        raise ValueError(f"action_space must be Discrete, got {action_space}")
+    kwargs = dict(policy_kwargs or {})
+    default = inspect.signature(policy_class.__init__).parameters.get("features_extractor_class")
+    extractor = kwargs.get("features_extractor_class", FlattenExtractor if default is None else default.default)
+    extractor_parameters, features = _extractor(
+        observation_space, extractor, dict(kwargs.get("features_extractor_kwargs") or {})
+    )
+    net_arch = kwargs.get("net_arch")
+    if net_arch is None:
+        net_arch = [] if extractor is NatureCNN else [64, 64]
+    sizes = [features, *(int(size) for size in net_arch), int(action_space.n)]
+    return extractor_parameters + sum((inputs + 1) * outputs for inputs, outputs in itertools.pairwise(sizes))
+
+
+def largest_part(
+    observation_space: spaces.Space, action_space: spaces.Space, policy_class: Any, policy_kwargs: dict[str, Any] | None
+) -> str:
+    """
+    :return: which of ``observation_space``, ``action_space`` and ``net_arch`` makes the Q-network
+        largest (the one whose replacement by a trivial value shrinks it most), for messages
+    """
+    smallest, blamed = None, "net_arch"
+    for part in ("observation_space", "action_space", "net_arch"):
+        count = q_network_parameters(
+            spaces.Box(0, 1, (1,)) if part == "observation_space" else observation_space,
+            spaces.Discrete(1) if part == "action_space" else action_space,
+            policy_class,
+            {**(policy_kwargs or {}), "net_arch": []} if part == "net_arch" else policy_kwargs,
+        )
+        if smallest is None or count < smallest:
+            smallest, blamed = count, part
+    return blamed
+
+
+def batch_bytes(observation_space: spaces.Space, action_space: spaces.Space, batch_size: int, net_arch: Any = None) -> int:
+    """
+    Estimate the memory of one gradient step's minibatch: the sampled transitions (NumPy, then
+    torch, observations also as float32), and the activations of the online and target networks
+    (forward and backward).
+
+    :param observation_space: the observation space
+    :param action_space: the action space
+    :param batch_size: the ``batch_size`` argument
+    :param net_arch: the hidden layer sizes (None: DQN's [64, 64])
+    :return: the estimate in bytes
+    """
+    observation = _space_bytes(observation_space)
+    features = _flat_features(observation_space)
+    n_actions = int(action_space.n) if isinstance(action_space, spaces.Discrete) else get_action_dim(action_space)
+    hidden = sum(int(size) for size in (net_arch if net_arch is not None else [64, 64]))
+    transitions = 2 * (2 * observation + 3 * 8) + 2 * 4 * features
+    activations = 2 * 3 * 4 * (features + hidden + n_actions)
+    return batch_size * (transitions + activations)
+
+
+def check_batch_memory(estimate: int, batch_size: int, total: int | None, available: int | None) -> None:
+    """
+    Refuse a minibatch that cannot fit in this machine's memory; warn about one that takes more than
+    :data:`BUFFER_MEMORY_WARNING_FRACTION` of the available memory.
+
+    :param estimate: its estimated size in bytes (:func:`batch_bytes`)
+    :param batch_size: the ``batch_size`` argument
+    :param total: the machine's total memory in bytes (None: unknown, no check)
+    :param available: the memory available now in bytes (None: unknown, no warning)
+    """
+    gigabytes = estimate / 2**30
+    if total is not None and estimate > total:
+        raise ValueError(
+            f"batch_size must fit in memory: batch_size={batch_size} needs about {gigabytes:.1f} GiB for each "
+            f"gradient step, more than this machine's {total / 2**30:.1f} GiB"
+        )
+    if available is not None and estimate > BUFFER_MEMORY_WARNING_FRACTION * available:
+        _warn(
+            f"batch_size={batch_size} needs about {gigabytes:.1f} GiB for each gradient step, more than "
             f"{BUFFER_MEMORY_WARNING_FRACTION:.0%} of the {available / 2**30:.1f} GiB of memory available now"
         )
 
@@ -490,15 +628,20 @@ def check_env_spaces(
 
 def check_model_memory(model: Any) -> None:
     """
-    Refuse (or warn about) a replay buffer that does not fit in memory, before it is allocated
-    (:func:`check_buffer_memory`).
+    Refuse (or warn about) a replay buffer (:func:`check_buffer_memory`, with ``buffer_size`` and
+    ``n_envs``) or a minibatch (:func:`check_batch_memory`) that does not fit in memory, before
+    either is allocated.
 
-    :param model: the model being set up
+    :param model: the model being set up (or built with ``_init_setup_model=False``)
     """
+    total, available = memory_bytes()
     estimate = replay_buffer_bytes(
         model.observation_space, model.action_space, model.buffer_size, model.n_envs, model.optimize_memory_usage
     )
-    check_buffer_memory(estimate, model.buffer_size, *memory_bytes())
+    check_buffer_memory(estimate, model.buffer_size, total, available, model.n_envs)
+    net_arch = (model.policy_kwargs or {}).get("net_arch")
+    batch = batch_bytes(model.observation_space, model.action_space, model.batch_size, net_arch)
+    check_batch_memory(batch, model.batch_size, total, available)
 
 
 def check_setup(model: Any) -> None:

@@ -21,8 +21,8 @@ import torch as th
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.checkpoint import latest_checkpoint, load_checkpoint
+from deep_sarsa.cli.common import json_value
 from deep_sarsa.cli.parser import main
-from deep_sarsa.cli.run_folder import json_value
 from deep_sarsa.presets import preset
 
 TINY = [

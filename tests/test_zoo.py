@@ -238,9 +238,13 @@ def test_masked_taxi_trains_and_evaluates_with_masks_in_rl_zoo3(in_tmp: Path) ->
     evaluations = np.load(run_folder(in_tmp / "logs", "Taxi-v4") / "evaluations.npz")
     assert evaluations["results"].shape == (2, 2) and (evaluations["results"] > -2000).all()
 
-    # enjoy, on the env of the run's saved config (its env_wrapper), with masks too
+    # enjoy, on the env of the run's saved config (its env_wrapper), with masks too; the config names a wrapper of the
+    # tests' own module, outside the modules a folder may import from unless --trusted
     InvalidActionCounter.reset_counts()
-    assert main(["enjoy", "--algo", "deep_sarsa", "--env", "Taxi-v4", "-f", "logs", "-n", "300", "--no-render"]) == 0
+    enjoy = ["enjoy", "--algo", "deep_sarsa", "--env", "Taxi-v4", "-f", "logs", "-n", "300", "--no-render"]
+    assert main(enjoy) == 2
+    assert InvalidActionCounter.counts["steps"] == 0
+    assert main([*enjoy, "--trusted"]) == 0
     assert InvalidActionCounter.counts["steps"] == 300 and InvalidActionCounter.counts["invalid"] == 0
 
 

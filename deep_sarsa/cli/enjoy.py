@@ -12,8 +12,10 @@ import gymnasium as gym
 import numpy as np
 from sb3_contrib.common.maskable.utils import get_action_masks
 
+from deep_sarsa.cli.common import MissingExtra, UsageError, console
+from deep_sarsa.cli.env_settings import make_wrapped_env
 from deep_sarsa.cli.evaluations import masked
-from deep_sarsa.cli.run_folder import MissingExtra, UsageError, console, env_of, load_model, make_wrapped_env, model_file
+from deep_sarsa.cli.run_folder import env_of, load_model, model_file
 from deep_sarsa.deep_sarsa import DeepSARSA
 
 

@@ -10,8 +10,10 @@ import json
 import numpy as np
 from rich.table import Table
 
+from deep_sarsa.cli.common import console
+from deep_sarsa.cli.env_settings import vec_env
 from deep_sarsa.cli.evaluations import evaluate_episodes
-from deep_sarsa.cli.run_folder import console, env_of, load_model, model_file, vec_env
+from deep_sarsa.cli.run_folder import env_of, load_model, model_file
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -18,9 +18,25 @@ from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
-from deep_sarsa.cli.run_folder import EVALUATIONS, UsageError
+from deep_sarsa.cli.common import UsageError
+from deep_sarsa.cli.run_folder import EVALUATIONS
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.files import atomic_path
+from deep_sarsa.gate import read_npz
+
+#: the largest ``evaluations.npz`` read (a run of 1000 evaluations of 100 episodes writes about 2 MB)
+MAX_EVALUATIONS_BYTES = 256 * 2**20
+
+
+def read_evaluations(folder: pathlib.Path) -> dict[str, np.ndarray]:
+    """
+    A run folder's evaluation log, through the gate (:func:`deep_sarsa.gate.read_npz`): a regular file
+    inside the folder, at most :data:`MAX_EVALUATIONS_BYTES`, no member declaring more than it holds.
+
+    :param folder: the run folder
+    :return: its arrays (``timesteps``, ``results``, ``ep_lengths``)
+    """
+    return read_npz(folder / EVALUATIONS, "an evaluation log", MAX_EVALUATIONS_BYTES, folder)
 
 
 def masked(model: DeepSARSA, env: gym.Env | VecEnv) -> bool:
@@ -64,11 +80,11 @@ class RunEvaluations(EvalCallback):
         self.run_log, self.eval_seed = output / EVALUATIONS, seed
         if model.num_timesteps > 0 and self.run_log.exists():
             try:
-                with np.load(self.run_log) as data:
-                    kept = data["timesteps"] <= model.num_timesteps  # later ones (after a kill) are evaluated again
-                    self.evaluations_timesteps = [int(t) for t in data["timesteps"][kept]]
-                    self.evaluations_results = [list(map(float, r)) for r in data["results"][kept]]
-                    self.evaluations_length = [list(map(int, n)) for n in data["ep_lengths"][kept]]
+                data = read_evaluations(output)
+                kept = data["timesteps"] <= model.num_timesteps  # later ones (after a kill) are evaluated again
+                self.evaluations_timesteps = [int(t) for t in data["timesteps"][kept]]
+                self.evaluations_results = [list(map(float, r)) for r in data["results"][kept]]
+                self.evaluations_length = [list(map(int, n)) for n in data["ep_lengths"][kept]]
             except (OSError, ValueError, KeyError) as error:
                 raise UsageError(f"{self.run_log}: not a readable evaluation log: {error}") from error
             if self.evaluations_results:
@@ -130,8 +146,11 @@ def plot_curves(run_folders: Sequence[pathlib.Path], output: pathlib.Path) -> pa
         evaluations = folder / EVALUATIONS
         if not evaluations.exists():
             raise UsageError(f"{folder}: no eval/evaluations.npz (is it a folder written by `deep-sarsa train`?)")
-        with np.load(evaluations) as data:
+        data = read_evaluations(folder)
+        try:
             timesteps, results = data["timesteps"], data["results"]
+        except KeyError as error:
+            raise UsageError(f"{evaluations}: not an evaluation log written by `deep-sarsa train` (no {error})") from error
         if len(timesteps) == 0:
             continue
         means, stds = results.mean(axis=1), results.std(axis=1)

@@ -5,8 +5,8 @@ into one PNG, with :func:`deep_sarsa.cli.evaluations.plot_curves`, which needs m
 
 import argparse
 
+from deep_sarsa.cli.common import UsageError, console
 from deep_sarsa.cli.evaluations import plot_curves
-from deep_sarsa.cli.run_folder import UsageError, console
 
 
 def plot(args: argparse.Namespace) -> int:

@@ -21,28 +21,22 @@ from rich.table import Table
 
 from deep_sarsa.callbacks import SaveOnInterrupt
 from deep_sarsa.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from deep_sarsa.cli.common import RUN_FILE, RunFailed, UsageError, console, errors, json_value
+from deep_sarsa.cli.env_settings import EnvSettings, check_env_settings, make_wrapped_env, vec_env
 from deep_sarsa.cli.evaluations import RunEvaluations, eval_callback, evaluate_episodes, plot_curves
 from deep_sarsa.cli.run_folder import (
     BEST_MODEL,
     CHECKPOINT_FOLDER,
     FINAL_MODEL,
-    RUN_FILE,
-    EnvSettings,
-    RunFailed,
-    UsageError,
     clear_run_folder,
-    console,
-    errors,
-    json_value,
-    make_wrapped_env,
-    read_run,
-    run_env,
-    vec_env,
+    read_run_settings,
+    sign_run,
     write_json,
 )
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.presets import load_presets, parse_policy_kwargs, variant_presets
 from deep_sarsa.safe_pickle import UnsafeFileError
+from deep_sarsa.validation import check_model_memory
 
 #: DeepSARSA keywords that ``--hyperparams`` may set (the CLI sets env, seed, verbose, tensorboard itself)
 HYPERPARAMETERS = sorted(
@@ -88,14 +82,15 @@ def _literal(text: str, key: str) -> Any:
 
 
 def _learn(
-    model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, progress_bar: bool
+    model: DeepSARSA, run: dict[str, Any], settings: EnvSettings, output: pathlib.Path, progress_bar: bool
 ) -> tuple[int, RunEvaluations, float, float]:
     """
     Learn up to the run's planned steps with evaluation and exact checkpoints.
 
+    :param settings: the run's env settings (trusted: the user's own, or ``--trusted``; else checked again)
     :return: the exit code, the evaluation callback, the seconds and the env steps per second
     """
-    eval_env = vec_env(run_env(run), 1, run["seed"] + 10_000)
+    eval_env = vec_env(settings, 1, run["seed"] + 10_000)
     n_envs = int(run["n_envs"])
     every = max(run["eval_freq"] // n_envs, 1)
     evaluation = eval_callback(model, eval_env, output, every, run["eval_episodes"], run["seed"] + 10_000)
@@ -135,12 +130,18 @@ def _learn(
 
 
 def _finish(
-    model: DeepSARSA, run: dict[str, Any], output: pathlib.Path, evaluation: RunEvaluations, seconds: float, rate: float
+    model: DeepSARSA,
+    run: dict[str, Any],
+    settings: EnvSettings,
+    output: pathlib.Path,
+    evaluation: RunEvaluations,
+    seconds: float,
+    rate: float,
 ) -> None:
-    """Save the final model, evaluate it, draw the curve, print the summary."""
+    """Save the final model, evaluate it (on the checked ``settings``), draw the curve, print the summary."""
     model.save(output / FINAL_MODEL)
     (output / "eval" / ".scratch.npz").unlink(missing_ok=True)
-    eval_env = vec_env(run_env(run), 1, run["seed"] + 20_000)
+    eval_env = vec_env(settings, 1, run["seed"] + 20_000)
     returns, _ = evaluate_episodes(model, eval_env, run["eval_episodes"])
     eval_env.close()
     curve = plot_curves([output], output / "learning_curve.png")
@@ -204,8 +205,10 @@ def train(args: argparse.Namespace) -> int:
     n_envs = args.n_envs or 1
     next_action = hyperparameters.get("next_action", "sampled")
     output = args.output or pathlib.Path("runs") / f"{args.env_id.replace(':', '_')}-{next_action}-seed{seed}"
-    try:  # the keywords are checked before anything in the run folder is touched
-        DeepSARSA("MlpPolicy", make_wrapped_env(settings), _init_setup_model=False, **hyperparameters)
+    try:  # the keywords, and the memory the buffer and a minibatch need, are checked before the run folder is touched
+        probe = DeepSARSA("MlpPolicy", make_wrapped_env(settings), _init_setup_model=False, **hyperparameters)
+        probe.n_envs = n_envs
+        check_model_memory(probe)
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
     clear_run_folder(output, args.force)
@@ -235,9 +238,10 @@ def train(args: argparse.Namespace) -> int:
         "hyperparameters": json_value(hyperparameters),
     }
     write_json(output / RUN_FILE, run)
-    code, evaluation, seconds, rate = _learn(model, run, output, not args.no_progress_bar)
+    sign_run(output / RUN_FILE)  # the user's own run: evaluated and resumed with its own wrappers, no --trusted
+    code, evaluation, seconds, rate = _learn(model, run, settings, output, not args.no_progress_bar)
     if code == 0:
-        _finish(model, run, output, evaluation, seconds, rate)
+        _finish(model, run, settings, output, evaluation, seconds, rate)
     return code
 
 
@@ -264,7 +268,8 @@ def resume_run(args: argparse.Namespace) -> int:
     output: pathlib.Path = args.resume
     if not (output / RUN_FILE).is_file():
         raise UsageError(f"--resume {output}: no {RUN_FILE} there (is it a run folder written by `deep-sarsa train`?)")
-    run = read_run(output / RUN_FILE)
+    run, settings = read_run_settings(output / RUN_FILE)
+    check_env_settings(settings, args.trusted)  # evaluate's check: before the checkpoint or any env is touched
     checkpoint = output / CHECKPOINT_FOLDER
     if not checkpoint.is_dir():
         raise UsageError(f"--resume {output}: the run has no checkpoint to continue from ({checkpoint} is missing)")
@@ -274,16 +279,20 @@ def resume_run(args: argparse.Namespace) -> int:
         raise UsageError(str(error).replace("with trusted=True", "with --trusted")) from error
     except (FileNotFoundError, CheckpointError) as error:
         raise UsageError(str(error)) from error
+    if args.trusted and not settings.trusted:
+        # trusted now, as the checkpoints this run writes will be (they hold its envs): resumed and evaluated without asking
+        sign_run(output / RUN_FILE)
+        settings = settings._replace(trusted=True)
     if model.num_timesteps >= int(run["timesteps"]):
         if (output / FINAL_MODEL).exists():
             console.print(f"{output}: the run is complete ({model.num_timesteps} of {run['timesteps']} steps)", soft_wrap=True)
             return 0
         # stopped after its last checkpoint, before the final model was written: finish it
-        evaluation = eval_callback(model, vec_env(run_env(run), 1, 0), output, 1, 1, 0)
-        _finish(model, run, output, evaluation, 0.0, 0.0)
+        evaluation = eval_callback(model, vec_env(settings, 1, 0), output, 1, 1, 0)
+        _finish(model, run, settings, output, evaluation, 0.0, 0.0)
         return 0
     console.print(f"resuming {output} at step {model.num_timesteps} of {run['timesteps']}", soft_wrap=True)
-    code, evaluation, seconds, rate = _learn(model, run, output, not args.no_progress_bar)
+    code, evaluation, seconds, rate = _learn(model, run, settings, output, not args.no_progress_bar)
     if code == 0:
-        _finish(model, run, output, evaluation, seconds, rate)
+        _finish(model, run, settings, output, evaluation, seconds, rate)
     return code

@@ -14,7 +14,10 @@ parser. :func:`register` does that and adapts the places where rl-zoo3 treats th
 - the scripts that start fresh interpreters (``record_training`` runs ``python -m rl_zoo3.record_video``,
   ``benchmark`` runs ``python enjoy.py``) run ``python -m deep_sarsa.zoo record_video`` / ``enjoy`` instead, so
   the registration reaches them (:func:`redirect_subprocesses`, which ``python -m deep_sarsa.zoo`` calls; it
-  replaces ``subprocess.Popen``, so :func:`register` leaves it out).
+  replaces ``subprocess.Popen``, so :func:`register` leaves it out), with the parent's ``--trusted``.
+
+``python -m deep_sarsa.zoo`` also runs each command inside :func:`deep_sarsa.zoo.folders.reading_folders`: a trained
+folder's files are read without running any of its code unless ``--trusted`` (docs/trust.md).
 
 Nothing in rl-zoo3's files changes, and nothing happens at import: only :func:`register` (called by
 ``python -m deep_sarsa.zoo``) touches rl-zoo3's module attributes, in the process that calls it.
@@ -22,6 +25,7 @@ Nothing in rl-zoo3's files changes, and nothing happens at import: only :func:`r
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -34,6 +38,7 @@ from stable_baselines3.common.utils import ConstantSchedule
 
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.presets import PRESETS_FILE
+from deep_sarsa.zoo import folders
 from deep_sarsa.zoo.evaluation import MaskAwareEvalCallback, MaskAwarePlayer, MaskAwareTrialEvalCallback
 from deep_sarsa.zoo.sampler import convert_deep_sarsa_params, experiment_settings, sample_deep_sarsa_params
 
@@ -42,6 +47,7 @@ ALGO = "deep_sarsa"
 
 _registered = False
 _played_envs: list[Any] = []  # the env rl-zoo3's enjoy created last (it does not pass it to load)
+_child_exit_codes: list[int] = []  # of the redirected subprocesses of this process
 
 
 class PlayingDeepSARSA:
@@ -58,10 +64,11 @@ class PlayingDeepSARSA:
         :param path: the model file
         :param env: the env the episodes are played on (default: the one rl-zoo3 created last)
         :param kwargs: ``DeepSARSA.load``'s other arguments
-        :return: the model, predicting with the env's masks
+        :return: the model, predicting with the env's masks (loaded safely unless ``--trusted``)
         """
         kwargs.setdefault("buffer_size", 1)
         kwargs.setdefault("optimize_memory_usage", False)
+        kwargs.setdefault("trusted", folders.trusted())
         model = DeepSARSA.load(path, env=env, **kwargs)
         return MaskAwarePlayer(model, env if env is not None else (_played_envs[-1] if _played_envs else None))
 
@@ -79,13 +86,16 @@ class ContinuingDeepSARSA:
         :param path: the model file
         :param env: the training env
         :param kwargs: ``DeepSARSA.load``'s other arguments: the experiment's hyperparameters
-        :return: the model
+        :return: the model (loaded safely unless ``--trusted``; with ``--trusted`` its replay buffer is too)
         """
         custom_objects = dict(kwargs.pop("custom_objects", None) or {})
         if "learning_rate" in kwargs:
             custom_objects.setdefault("learning_rate", kwargs["learning_rate"])
             custom_objects.setdefault("lr_schedule", ConstantSchedule(0.0))  # rebuilt from learning_rate at load
-        return DeepSARSA.load(path, env=env, custom_objects=custom_objects, **kwargs)
+        model = DeepSARSA.load(path, env=env, custom_objects=custom_objects, trusted=folders.trusted(), **kwargs)
+        if folders.trusted():  # rl-zoo3 then calls model.load_replay_buffer(path, truncate_last_traj=...)
+            model.load_replay_buffer = functools.partial(model.load_replay_buffer, trusted=True)  # type: ignore[method-assign]
+        return model
 
 
 def _recording(create_test_env: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,12 +122,21 @@ def zoo_command(command: Sequence[Any]) -> list[str] | None:
     arguments = [str(argument) for argument in command]
     from deep_sarsa.zoo.__main__ import COMMANDS
 
+    trust = ["--trusted"] if folders.trusted() else []  # the child reads the folder as the parent does
     if len(arguments) >= 3 and arguments[1] == "-m" and arguments[2] in COMMANDS.values():
         name = next(name for name, module in COMMANDS.items() if module == arguments[2])
-        return [sys.executable, "-m", "deep_sarsa.zoo", name, *arguments[3:]]
+        return [sys.executable, "-m", "deep_sarsa.zoo", name, *trust, *arguments[3:]]
     if arguments[1] in ("enjoy.py", "train.py", "record_video.py"):
-        return [sys.executable, "-m", "deep_sarsa.zoo", arguments[1].removesuffix(".py"), *arguments[2:]]
+        return [sys.executable, "-m", "deep_sarsa.zoo", arguments[1].removesuffix(".py"), *trust, *arguments[2:]]
     return None
+
+
+def refused_child() -> bool:
+    """
+    :return: whether a subprocess that :func:`redirect_subprocesses` redirected exited with code 2 (bad input: a
+        refused folder, whose message it printed)
+    """
+    return 2 in _child_exit_codes
 
 
 def redirect_subprocesses() -> None:
@@ -136,7 +155,14 @@ def redirect_subprocesses() -> None:
 
         def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
             replaced = zoo_command(args) if isinstance(args, (list, tuple)) else None
+            self._redirected = replaced is not None
             super().__init__(replaced if replaced is not None else args, *rest, **kwargs)
+
+        def wait(self, timeout: float | None = None) -> int:
+            code: int = super().wait(timeout)
+            if self._redirected:
+                _child_exit_codes.append(code)
+            return code
 
     subprocess.Popen = ZooPopen  # type: ignore[misc]
 
@@ -181,12 +207,20 @@ def register() -> None:
 
         def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: Any) -> Any:
             if self.algo != ALGO:
+                if not folders.trusted():
+                    raise folders.UnsafeFolderError(
+                        f"{self.trained_agent}: -i with --algo {self.algo} loads the model with SB3's load, which "
+                        "unpickles it and so runs any code it names (the safe loader reads --algo deep_sarsa models "
+                        f"only): {folders.TRUST_HINT}"
+                    )
                 return super()._load_pretrained_agent(hyperparams, env)
             rl_zoo3.utils.ALGOS[ALGO] = ContinuingDeepSARSA  # type: ignore[assignment]
             try:
-                return super()._load_pretrained_agent(hyperparams, env)
+                model = super()._load_pretrained_agent(hyperparams, env)
             finally:
                 rl_zoo3.utils.ALGOS[ALGO] = DeepSARSA
+            vars(model).pop("load_replay_buffer", None)  # --trusted's replacement (ContinuingDeepSARSA), never saved
+            return model
 
         def objective(self, trial: Any) -> float:
             # Which process on which machine ran the trial (several workers share one study)
@@ -214,4 +248,4 @@ def use_player(playing: bool = True) -> None:
     rl_zoo3.utils.ALGOS[ALGO] = PlayingDeepSARSA if playing else DeepSARSA  # type: ignore[assignment]
 
 
-__all__ = ["ALGO", "PlayingDeepSARSA", "redirect_subprocesses", "register", "use_player", "zoo_command"]
+__all__ = ["ALGO", "PlayingDeepSARSA", "redirect_subprocesses", "refused_child", "register", "use_player", "zoo_command"]

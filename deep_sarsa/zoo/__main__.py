@@ -7,6 +7,11 @@
     python -m deep_sarsa.zoo enjoy --algo deep_sarsa --env CartPole-v1 -f logs/
     python -m deep_sarsa.zoo create-study --storage postgresql+psycopg://USER:PASSWORD@HOST/DB --study-name S
     python -m deep_sarsa.zoo train --algo deep_sarsa --env CartPole-v1 --optimize --storage URL --study-name S
+
+Every command reads a trained folder (``enjoy -f``, ``record_video``, ``record_training``, ``benchmark``,
+``train -i``, ``train``'s look-up of ``vecnormalize.pkl``) without running its code
+(:mod:`deep_sarsa.zoo.folders`); ``--trusted``, taken by every command, reads it as rl-zoo3 does. A refused file
+exits with code 2 and one line naming it.
 """
 
 import argparse
@@ -33,10 +38,17 @@ COMMANDS: dict[str, str] = {
 }
 #: commands that load a trained model only to play it
 PLAYING = ("enjoy", "record_video")
+#: the flag of ours that every command takes (removed before rl-zoo3 parses the arguments)
+TRUSTED = "--trusted"
+TRUSTED_HELP = (
+    f"{TRUSTED} (python -m deep_sarsa.zoo): read the trained folder as rl-zoo3 does, running any code its files name "
+    "(yml tags, an evaluated normalize, wrappers from any module, pickled VecNormalize statistics, models of other "
+    "algorithms); only for folders you trust (docs/trust.md)"
+)
 USAGE = (
-    "usage: python -m deep_sarsa.zoo COMMAND [ARGUMENTS]\n"
+    "usage: python -m deep_sarsa.zoo COMMAND [ARGUMENTS] [--trusted]\n"
     f"COMMAND: one of {', '.join([*COMMANDS, 'create-study'])}; ARGUMENTS: as rl-zoo3's COMMAND takes them "
-    "(python -m deep_sarsa.zoo COMMAND --help)"
+    f"(python -m deep_sarsa.zoo COMMAND --help)\n{TRUSTED_HELP}"
 )
 
 
@@ -127,23 +139,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         zoo.redirect_subprocesses()  # record_training / benchmark start fresh interpreters
     except ImportError as error:
         return _missing_zoo(error)
+    from deep_sarsa.cli.common import UsageError
+    from deep_sarsa.safe_pickle import UnsafeFileError
+    from deep_sarsa.zoo.folders import reading_folders
+
+    trusted = TRUSTED in rest
+    zoo._child_exit_codes.clear()
+    rest = [argument for argument in rest if argument != TRUSTED]
     if command in PLAYING:
         zoo.use_player()
     previous = sys.argv
     sys.argv = [f"deep_sarsa.zoo {command}", *rest]
     try:
-        if command == "record_training":
-            with ffmpeg_on_path():
+        with reading_folders(trusted, playing=command in (*PLAYING, "push_to_hub")):
+            if command == "record_training":
+                with ffmpeg_on_path():
+                    runpy.run_module(COMMANDS[command], run_name="__main__", alter_sys=False)
+            else:
                 runpy.run_module(COMMANDS[command], run_name="__main__", alter_sys=False)
-        else:
-            runpy.run_module(COMMANDS[command], run_name="__main__", alter_sys=False)
     except SystemExit as stop:
+        if stop.code in (0, None) and ("-h" in rest or "--help" in rest):
+            print(f"\n{TRUSTED_HELP}")
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except (UnsafeFileError, UsageError) as error:  # a refused folder, or model: nothing of it ran
+        message = " ".join(str(error).split()).replace("with trusted=True", f"with {TRUSTED}")
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except AssertionError:
+        if zoo.refused_child():  # record_training asserts that each recording succeeded; the child said why
+            return 2
+        raise
     finally:
         sys.argv = previous
         if command in PLAYING:
             zoo.use_player(False)
-    return 0
+    return 2 if zoo.refused_child() else 0
 
 
 if __name__ == "__main__":
