@@ -114,15 +114,22 @@ class SaveOnInterrupt(BaseCallback):
     :param save_freq: write a checkpoint every ``save_freq`` env steps (0: only on a signal)
     :param keep: how many of the newest checkpoints to keep in ``save_path`` (at least 1)
     :param verbose: 1 to print where each checkpoint went
+    :param run_id: the run's identity, kept in every checkpoint's manifest
+        (:func:`deep_sarsa.checkpoint.save_checkpoint`)
     """
 
-    def __init__(self, save_path: str | pathlib.Path, save_freq: int = 0, keep: int = 1, verbose: int = 0) -> None:
+    def __init__(
+        self, save_path: str | pathlib.Path, save_freq: int = 0, keep: int = 1, verbose: int = 0, run_id: str | None = None
+    ) -> None:
         if not isinstance(save_path, (str, pathlib.PurePath)) or str(save_path) == "":
             raise ValueError(f"save_path must be a folder (a str or a pathlib.Path), got {save_path!r}")
         super().__init__(_count("verbose", verbose, 0))
         self.save_path = pathlib.Path(save_path)
         self.save_freq = _count("save_freq", save_freq, 0)
         self.keep = _count("keep", keep, 1)
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            raise ValueError(f"run_id must be a non-empty string or None, got {run_id!r}")
+        self.run_id = run_id
         #: whether training was stopped by a signal
         self.interrupted = False
         #: the signal that stopped training (``signal.SIGINT`` or ``signal.SIGTERM``), else None
@@ -184,7 +191,7 @@ class SaveOnInterrupt(BaseCallback):
 
         self._saving = True
         try:
-            save_checkpoint(self.model, self.save_path, keep=self.keep)  # type: ignore[arg-type]
+            save_checkpoint(self.model, self.save_path, keep=self.keep, run_id=self.run_id)  # type: ignore[arg-type]
         finally:
             self._saving = False
         self._saved_at = self._written_at = self.model.num_timesteps

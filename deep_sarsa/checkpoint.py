@@ -49,6 +49,10 @@ file; where an older complete generation exists, loading falls back to it with a
 says which one and why. (A folder of the older layout, the files directly in it with a ``.sig``
 beside each, still loads.)
 
+**Identity.** The manifest records the generation's sequence and step, which must be those of
+its folder's name, and the run's id where one is given (``run_id``): :func:`load_checkpoint` refuses
+a generation copied under another name, or from another run, with a :class:`CheckpointIdentityError`.
+
 **Trust.** Resuming envs mid-episode needs their pickled state, and unpickling runs code: the
 manifest is signed with the user's secret key (:mod:`deep_sarsa.signing`), and covers every
 file by its hash, so a checkpoint written on this machine resumes without ceremony and one from
@@ -60,7 +64,9 @@ its per-env discounted returns, which SB3's file leaves out) and is loaded back 
 ``VecNormalize.load`` over the restored envs; each ``Monitor`` log file (``make_vec_env(...,
 monitor_dir=...)``) is saved as its path and length, and reopened for appending on resume, cut
 back to that length first (the rows of episodes after the checkpoint are played again by the
-resumed run), so the log has every episode once; the finite check that ``learn()`` puts under
+resumed run), so the log has every episode once. A log inside the run folder (the checkpoint
+folder's parent) is saved relative to it and reopened in the folder being loaded, never out of it,
+so a copied run folder resumes into its own log; the finite check that ``learn()`` puts under
 ``VecNormalize`` is left out. ``DummyVecEnv``, ``VecFrameStack``, masked envs (sb3-contrib's
 ``ActionMasker``) and Dict observations work; ``SubprocVecEnv`` keeps its envs in other
 processes and is refused (:func:`check_saveable_env`).
@@ -125,6 +131,13 @@ class CheckpointError(ValueError):
     """A checkpoint that is incomplete, truncated or mixed: the message names the file."""
 
 
+class CheckpointIdentityError(CheckpointError):
+    """
+    A generation that is not what its name or its run says: its manifest's sequence or step disagrees with its folder's
+    name, or its run id with the run's. No crash makes one (it was copied or renamed), so loading never falls back past it.
+    """
+
+
 def _innermost(env: VecEnv) -> VecEnv:
     while isinstance(env, VecEnvWrapper):
         env = env.venv
@@ -173,9 +186,10 @@ def _cannot_save(error: BaseException) -> str:
 class _EnvPickler(cloudpickle.Pickler):
     """cloudpickle, with VecNormalize, Monitor logs and the raw finite check saved as described in the module docstring."""
 
-    def __init__(self, file: IO[bytes], folder: pathlib.Path | None) -> None:
+    def __init__(self, file: IO[bytes], folder: pathlib.Path | None, root: pathlib.Path | None = None) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.folder = folder  # None: a trial run that writes nothing (check_saveable_env)
+        self.root = root  # the run folder (the checkpoint folder's parent): the Monitor logs inside it are kept relative
         self.extra_files: list[str] = []
         self.wrappers: dict[int, int] = {}  # each VecEnvWrapper once: its number
 
@@ -202,7 +216,12 @@ class _EnvPickler(cloudpickle.Pickler):
             if self.folder is not None:
                 handle.flush()
                 os.fsync(handle.fileno())
-            return ("monitor_file", handle.name, list(obj.logger.fieldnames), os.fstat(handle.fileno()).st_size)
+            size = os.fstat(handle.fileno()).st_size
+            path = os.path.abspath(handle.name)
+            if self.root is not None and _inside_lexically(path, self.root):
+                relative = pathlib.Path(os.path.relpath(path, self.root)).as_posix()
+                return ("run_monitor_file", relative, list(obj.logger.fieldnames), size)
+            return ("monitor_file", path, list(obj.logger.fieldnames), size)
         if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
             raise ValueError(
                 f"the envs hold an open file, {getattr(obj, 'name', obj)!r}: a checkpoint does not pickle open files "
@@ -211,11 +230,25 @@ class _EnvPickler(cloudpickle.Pickler):
         return None
 
 
+def _inside_lexically(path: str, folder: pathlib.Path) -> bool:
+    base = os.path.abspath(folder)
+    return os.path.commonpath([os.path.abspath(path), base]) == base
+
+
+def _inside_really(path: str, folder: pathlib.Path) -> bool:
+    base = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), base]) == base
+
+
 class _EnvUnpickler(pickle.Unpickler):
-    def __init__(self, file: IO[bytes], files: dict[str, bytes], name: str) -> None:
+    def __init__(
+        self, file: IO[bytes], files: dict[str, bytes], name: str, root: pathlib.Path, run_folder: pathlib.Path | None = None
+    ) -> None:
         super().__init__(file)
         self.files = files
         self.name = name
+        self.root = root  # the run folder the relative Monitor logs are resolved against
+        self.run_folder = run_folder  # where given, every Monitor log must be inside it
         #: Monitor logs to reopen once everything else has loaded: (writer, path, fieldnames, length)
         self.monitor_files: list[tuple[ResultsWriter, str, list[str], int]] = []
         self.wrappers: list[VecEnvWrapper] = []
@@ -245,11 +278,37 @@ class _EnvUnpickler(pickle.Unpickler):
             return self.wrappers[pid[1]]
         if kind == "closed_monitor_file":
             return None  # a Monitor whose log was closed goes on without one
-        if kind == "monitor_file":
+        if kind in ("monitor_file", "run_monitor_file"):
             writer = ResultsWriter.__new__(ResultsWriter)  # its file is opened once everything has loaded
-            self.monitor_files.append((writer, pid[1], pid[2], pid[3]))
+            self.monitor_files.append((writer, self._monitor_path(kind, pid[1]), pid[2], pid[3]))
             return writer
         raise CheckpointError(f"{self.name}: unknown saved object {kind!r}")
+
+    def _monitor_path(self, kind: str, saved: Any) -> str:
+        """
+        Where a Monitor log is reopened: a relative path (``run_monitor_file``) against the run folder being loaded, and
+        never out of it; an absolute one (0.1.0's checkpoints, or a log kept outside the run folder) where it is, unless
+        a ``run_folder`` is given and it is outside that.
+        """
+        if not isinstance(saved, str) or not saved:
+            raise CheckpointError(f"{self.name}: a Monitor log path {saved!r} is not a path")
+        if kind == "monitor_file":
+            if self.run_folder is not None and not (
+                _inside_lexically(saved, self.run_folder) and _inside_really(saved, self.run_folder)
+            ):
+                raise CheckpointError(
+                    f"{self.name}: the Monitor log {saved} is outside the run folder {self.run_folder}: refused (a resumed "
+                    "run writes only inside its own folder)"
+                )
+            return saved
+        relative = pathlib.PurePosixPath(saved)
+        path = os.path.join(self.root, *relative.parts)
+        if relative.is_absolute() or ".." in relative.parts or not _inside_really(path, self.root):
+            raise CheckpointError(
+                f"{self.name}: the Monitor log {saved} leads out of the run folder {self.root}: refused (a resumed run "
+                "writes only inside its own folder)"
+            )
+        return path
 
 
 def _reopen_monitor_files(monitor_files: list[tuple[ResultsWriter, str, list[str], int]]) -> None:
@@ -353,7 +412,7 @@ def _remove_leftovers(folder: pathlib.Path, locked: bool) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _write_generation(model: DeepSARSA, env: VecEnv, folder: pathlib.Path, sequence: int) -> bool:
+def _write_generation(model: DeepSARSA, env: VecEnv, folder: pathlib.Path, sequence: int, run_id: str | None) -> bool:
     """Every file of a checkpoint into ``folder``, fsync'd, with the manifest; returns whether it is signed."""
     state = {
         "numpy": np.random.get_state(),
@@ -363,7 +422,7 @@ def _write_generation(model: DeepSARSA, env: VecEnv, folder: pathlib.Path, seque
         "action_space": model.action_space.np_random.bit_generator.state,
     }
     with open(folder / STATE_FILE, "wb") as file:
-        pickler = _EnvPickler(file, folder)
+        pickler = _EnvPickler(file, folder, folder.absolute().parent.parent)  # the run folder: the checkpoint folder's parent
         try:
             pickler.dump({"env": env, **state})
         except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
@@ -379,6 +438,8 @@ def _write_generation(model: DeepSARSA, env: VecEnv, folder: pathlib.Path, seque
         "total_timesteps": model._total_timesteps,
         "files": {name: _fsync_and_describe(folder / name) for name in names},
     }
+    if run_id is not None:
+        manifest["run_id"] = run_id
     with open(folder / MANIFEST_FILE, "w") as file:
         json.dump(manifest, file, indent=1)
         file.flush()
@@ -396,7 +457,7 @@ def _write_generation(model: DeepSARSA, env: VecEnv, folder: pathlib.Path, seque
     return True
 
 
-def save_checkpoint(model: DeepSARSA, folder: str | pathlib.Path, keep: int = 1) -> pathlib.Path:
+def save_checkpoint(model: DeepSARSA, folder: str | pathlib.Path, keep: int = 1, run_id: str | None = None) -> pathlib.Path:
     """
     Save the model, its replay buffer, its envs and every random generator as a new checkpoint in
     ``folder``, swapped in whole (module docstring): ``folder`` holds the previous complete
@@ -408,12 +469,16 @@ def save_checkpoint(model: DeepSARSA, folder: str | pathlib.Path, keep: int = 1)
     :param model: the model
     :param folder: the checkpoint folder (created if needed)
     :param keep: how many of the newest checkpoints to keep in ``folder`` (older ones are removed)
+    :param run_id: the run's identity, kept in the manifest: :func:`load_checkpoint` given a run id refuses a
+        checkpoint of another run (``deep-sarsa train`` passes the ``run_id`` of its ``run.json``)
     :return: the folder
     :raises OSError: the checkpoint could not be written (e.g. the disk is full): the message
         says why; the previous checkpoint is intact
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise ValueError(f"keep must be a positive integer, got {keep!r}")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise ValueError(f"run_id must be a non-empty string or None, got {run_id!r}")
     env = model.get_env()
     check_saveable_env(env)
     assert env is not None
@@ -429,7 +494,7 @@ def save_checkpoint(model: DeepSARSA, folder: str | pathlib.Path, keep: int = 1)
         temporary = folder / f"{_TEMPORARY}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             temporary.mkdir()
-            _write_generation(model, env, temporary, sequence)
+            _write_generation(model, env, temporary, sequence, run_id)
             _fsync_dir(temporary)
             os.rename(temporary, folder / name)
             _fsync_dir(folder)
@@ -551,12 +616,38 @@ def _restore_generators(model: DeepSARSA, state: dict[str, Any]) -> None:
     model.action_space.np_random.bit_generator.state = state["action_space"]
 
 
-def _load_generation(folder: pathlib.Path, device: th.device | str, trusted: bool) -> DeepSARSA:
+def _check_identity(folder: pathlib.Path, manifest: dict[str, Any], run_id: str | None) -> None:
+    """The manifest's sequence against the generation's name; its run id against the run's (where both have one)."""
+    match = _GENERATION.fullmatch(folder.name)
+    if match is not None and manifest.get("sequence") != int(match[1]):
+        raise CheckpointIdentityError(
+            f"{folder}: its manifest records sequence {manifest.get('sequence')!r} at step "
+            f"{manifest.get('num_timesteps')!r}, but the folder is named for sequence {int(match[1])}: a generation "
+            "copied or renamed, refused"
+        )
+    recorded_id = manifest.get("run_id")
+    if recorded_id is not None and not isinstance(recorded_id, str):
+        raise CheckpointIdentityError(f"{folder}: its manifest's run_id {recorded_id!r} is not a string")
+    if run_id is not None and recorded_id is not None and recorded_id != run_id:
+        raise CheckpointIdentityError(
+            f"{folder}: a checkpoint of another run (its run id is {recorded_id}, this run's is {run_id}): refused"
+        )
+
+
+def _load_generation(
+    folder: pathlib.Path,
+    device: th.device | str,
+    trusted: bool,
+    run_id: str | None = None,
+    run_folder: pathlib.Path | None = None,
+) -> DeepSARSA:
     manifest = _read_manifest(folder, trusted)  # from here on every file is checked against it
     files: dict[str, Any] = manifest["files"]
     small = {name: _read_checked(folder / name, entry) for name, entry in files.items() if name != BUFFER_FILE}
+    _check_identity(folder, manifest, run_id)  # before anything is unpickled
     with _open_checked(folder / BUFFER_FILE, files[BUFFER_FILE]) as buffer_file:
-        unpickler = _EnvUnpickler(io.BytesIO(small[STATE_FILE]), small, str(folder / STATE_FILE))
+        root = folder.absolute().parent.parent  # the run folder: the checkpoint folder's parent
+        unpickler = _EnvUnpickler(io.BytesIO(small[STATE_FILE]), small, str(folder / STATE_FILE), root, run_folder)
         try:
             state = unpickler.load()
         except CheckpointError:
@@ -570,6 +661,12 @@ def _load_generation(folder: pathlib.Path, device: th.device | str, trusted: boo
         # force_reset=False keeps the envs mid-episode, with the observation the model last saw
         model = DeepSARSA.load(io.BytesIO(small[MODEL_FILE]), env=state["env"], device=device, force_reset=False, trusted=True)
         model.load_replay_buffer(buffer_file, trusted=True)  # type: ignore[arg-type]
+    match = _GENERATION.fullmatch(folder.name)
+    if match is not None and model.num_timesteps != int(match[2]):  # the step of the checked model.zip: before any log is cut
+        raise CheckpointIdentityError(
+            f"{folder}: its model is at step {model.num_timesteps}, but the folder is named for step {int(match[2])}: "
+            "a generation copied or renamed, refused"
+        )
     _restore_generators(model, state)
     _reopen_monitor_files(unpickler.monitor_files)
     return model
@@ -602,7 +699,13 @@ def _load_flat(folder: pathlib.Path, device: th.device | str, trusted: bool) -> 
     return model
 
 
-def load_checkpoint(folder: str | pathlib.Path, device: th.device | str = "auto", trusted: bool = False) -> DeepSARSA:
+def load_checkpoint(
+    folder: str | pathlib.Path,
+    device: th.device | str = "auto",
+    trusted: bool = False,
+    run_id: str | None = None,
+    run_folder: str | pathlib.Path | None = None,
+) -> DeepSARSA:
     """
     Load the newest complete checkpoint in ``folder``: the model with its replay buffer and envs,
     every random generator restored, ready to go on with ``learn(..., reset_num_timesteps=False)``.
@@ -613,15 +716,22 @@ def load_checkpoint(folder: str | pathlib.Path, device: th.device | str = "auto"
     :param device: the device to load the model on
     :param trusted: load a checkpoint that is not signed with this user's key (runs any code its
         pickles name): only for a checkpoint you trust
+    :param run_id: the run's identity (:func:`save_checkpoint`): a generation whose manifest records another run id is
+        refused (one without a run id, written by 0.1.0, is loaded)
+    :param run_folder: where given, a Monitor log that the checkpoint keeps outside this folder is refused (Monitor logs
+        inside the checkpoint folder's parent are kept relative to it, and reopened in the copy being loaded)
     :return: the model
     :raises CheckpointError: no checkpoint in ``folder`` is complete (the message names each bad file)
+    :raises CheckpointIdentityError: a generation's manifest disagrees with its folder's name or with ``run_id``
+        (copied or renamed: never fallen back from)
     :raises UnsafeFileError: the newest checkpoint is not signed with this user's key
     """
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such checkpoint folder")
+    root = None if run_folder is None else pathlib.Path(run_folder)
     if (folder / MANIFEST_FILE).exists():
-        return _load_generation(folder, device, trusted)
+        return _load_generation(folder, device, trusted, run_id, root)
     generations = list_checkpoints(folder)
     if not generations:
         if (folder / MODEL_FILE).exists() or (folder / STATE_FILE).exists():
@@ -634,7 +744,9 @@ def load_checkpoint(folder: str | pathlib.Path, device: th.device | str = "auto"
     failures: list[str] = []
     for generation in generations:
         try:
-            model = _load_generation(generation, device, trusted)
+            model = _load_generation(generation, device, trusted, run_id, root)
+        except CheckpointIdentityError:
+            raise
         except CheckpointError as error:
             failures.append(str(error))
             continue

@@ -470,7 +470,7 @@ def _resolved(target: pathlib.Path) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def atomic_path(target: pathlib.Path) -> Iterator[pathlib.Path]:
+def atomic_path(target: pathlib.Path, folder: pathlib.Path | None = None) -> Iterator[pathlib.Path]:
     """
     A temporary file beside ``target`` to write into; when the block ends without an error it is
     flushed to disk, given ``target``'s permission bits and renamed over ``target``
@@ -480,16 +480,29 @@ def atomic_path(target: pathlib.Path) -> Iterator[pathlib.Path]:
     object that cannot be pickled) leaves any previous ``target`` intact and no partial file
     behind; an ``OSError`` is raised again naming ``target``, with the same ``errno``.
 
-    A symbolic link is written through: the file it points to is replaced and the link stays.
-    Before writing, the temporary files that dead processes left in the folder are removed
+    A symbolic link is written through: the file it points to is replaced and the link stays;
+    but where ``folder`` is given (a run folder, which writes only inside itself), a link that
+    leads out of ``folder`` is refused (``PermissionError`` naming the link and where it leads):
+    neither the file outside nor the link is touched, so that a link the user made is not
+    silently replaced, and a link received with a folder never writes outside it. Before writing,
+    the temporary files that dead processes left in the folder are removed
     (:func:`remove_stale_temporaries`).
 
     :param target: the file to write (its folder is created if needed)
+    :param folder: the folder ``target`` belongs to: a link out of it is refused
     :return: the temporary path (a unique name in the target's folder, not yet created)
     """
     given = target
     target = _resolved(target)
     shown = str(given) if target == given else f"{given} (a link to {target})"
+    if folder is not None:
+        base = os.path.realpath(folder)
+        if os.path.commonpath([os.path.realpath(given.parent), base]) != base or (
+            target != given and os.path.commonpath([str(target), base]) != base
+        ):
+            raise PermissionError(
+                errno.EPERM, f"{shown} leads out of {folder}: refused (a run folder is written only inside itself)", str(given)
+            )
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{shown} is a folder, not a file that can be saved over", str(given))
     try:

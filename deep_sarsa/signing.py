@@ -26,6 +26,7 @@ import stat
 import uuid
 
 from deep_sarsa.files import atomic_path
+from deep_sarsa.gate import read_regular
 
 CONFIG_DIR_VARIABLE = "DEEP_SARSA_CONFIG_DIR"
 KEY_FILE = "signing.key"
@@ -35,6 +36,8 @@ _KEY_BYTES = 32
 #: whether the file system has owners and modes to check (not on Windows)
 _POSIX = hasattr(os, "getuid")
 _RESIGN = "files signed with the old key are then loaded only when trusted"
+#: the largest signature file read (one written here is 78 bytes)
+MAX_SIGNATURE_BYTES = 4096
 
 
 class SigningKeyError(ValueError):
@@ -205,11 +208,16 @@ def verify(path: str | pathlib.Path, content: bytes | None = None) -> bool:
     :param path: the file (its signature is ``path.sig``)
     :param content: the bytes to check, when the caller has read the file already (then exactly
         what is checked is what it uses); else the file is read
-    :return: ``True`` only when ``path.sig`` exists and matches
+    :return: ``True`` only when ``path.sig`` exists and matches (a signature file that is not a regular file of at most
+        :data:`MAX_SIGNATURE_BYTES` inside the file's folder matches nothing, and is not read)
     :raises SigningKeyError: there is a key, but it or its folder is unsafe (:func:`signing_key`)
     """
     signature_file = signature_path(path)
     if not signature_file.is_file() or not os.path.lexists(key_path()):  # no key: nothing was ever signed here
         return False
-    recorded = signature_file.read_text(errors="replace").strip()
+    try:  # a regular file, small, beside the file it signs: anything else signs nothing
+        content_of_signature = read_regular(signature_file, "a signature", MAX_SIGNATURE_BYTES, signature_file.parent)
+    except (OSError, ValueError):
+        return False
+    recorded = content_of_signature.decode(errors="replace").strip()
     return hmac.compare_digest(recorded.encode(), _signature(pathlib.Path(path) if content is None else content).encode())

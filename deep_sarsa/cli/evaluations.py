@@ -77,7 +77,7 @@ class RunEvaluations(EvalCallback):
         :param output: the run folder
         :param seed: the evaluation seed
         """
-        self.run_log, self.eval_seed = output / EVALUATIONS, seed
+        self.run_log, self.eval_seed, self.run_folder = output / EVALUATIONS, seed, output
         if model.num_timesteps > 0 and self.run_log.exists():
             try:
                 data = read_evaluations(output)
@@ -98,7 +98,7 @@ class RunEvaluations(EvalCallback):
             self.eval_env.seed(self.eval_seed + self.num_timesteps)
         continue_training = super()._on_step()
         if due:
-            with atomic_path(self.run_log) as temporary, open(temporary, "wb") as file:
+            with atomic_path(self.run_log, self.run_folder) as temporary, open(temporary, "wb") as file:
                 np.savez(
                     file,
                     timesteps=self.evaluations_timesteps,

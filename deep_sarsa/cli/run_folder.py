@@ -5,6 +5,7 @@ the model a folder stands for, loading a model safely, and clearing a folder bef
 """
 
 import json
+import os
 import pathlib
 import shutil
 from typing import Any
@@ -16,6 +17,7 @@ from deep_sarsa.cli.common import RUN_FILE, UsageError, errors
 from deep_sarsa.cli.env_settings import EnvSettings
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.files import atomic_path
+from deep_sarsa.gate import read_regular
 from deep_sarsa.presets import load_presets
 from deep_sarsa.safe_pickle import UnsafeFileError
 from deep_sarsa.signing import sign, verify
@@ -39,6 +41,8 @@ RUN_ENTRIES = (
 )
 #: the run's evaluation log, in the run folder
 EVALUATIONS = pathlib.Path("eval") / "evaluations.npz"
+#: the largest run.json read (one written by train is about 1 KB)
+MAX_RUN_FILE_BYTES = 1 << 20
 
 
 # --- run folders ------------------------------------------------------------------------------
@@ -64,9 +68,10 @@ def _parse_run(run_file: pathlib.Path, content: bytes) -> dict[str, Any]:
 
 
 def _read_bytes(run_file: pathlib.Path) -> bytes:
+    """A run.json through the gate: a regular file of at most :data:`MAX_RUN_FILE_BYTES`, inside its run folder."""
     try:
-        return run_file.read_bytes()
-    except OSError as error:
+        return read_regular(run_file, "a run file", MAX_RUN_FILE_BYTES, run_file.parent)
+    except (OSError, ValueError) as error:
         raise UsageError(f"{run_file}: not a readable run file: {error}") from error
 
 
@@ -114,12 +119,17 @@ def model_file(path: pathlib.Path) -> pathlib.Path:
     """A model file, or the model a folder stands for: a run's best model, else its final one; a checkpoint's model."""
     if not path.is_dir():
         return path
-    for name in (BEST_MODEL, FINAL_MODEL):
-        if (path / name).is_file():
-            return path / name
     generation = latest_checkpoint(path)  # a checkpoint folder: its newest checkpoint's model
-    if generation is not None and (generation / FINAL_MODEL).is_file():
-        return generation / FINAL_MODEL
+    for candidate in [path / BEST_MODEL, path / FINAL_MODEL, *([generation / FINAL_MODEL] if generation else [])]:
+        if os.path.lexists(candidate):
+            base = os.path.realpath(path)
+            if os.path.commonpath([os.path.realpath(candidate), base]) != base:
+                raise UsageError(
+                    f"{candidate} leads out of {path} (a symbolic link to {os.path.realpath(candidate)}): the model a "
+                    "folder stands for is read only from inside it"
+                )
+            if candidate.is_file():
+                return candidate
     raise UsageError(
         f"{path} is a folder without {BEST_MODEL} or {FINAL_MODEL}: pass a run folder of `deep-sarsa train`, "
         "a checkpoint folder or a model file"
@@ -160,25 +170,48 @@ def load_model(model_path: pathlib.Path, trusted: bool, **kwargs: Any) -> DeepSA
 
 
 def clear_run_folder(output: pathlib.Path, force: bool) -> None:
-    """Refuse to train into a folder that holds a run (its files would mix with the new ones), unless --force."""
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is a file: the run folder must be a folder")
-    used = [name for name in RUN_ENTRIES if (output / name).exists()]
-    if not used:
+    """
+    Refuse to train into a folder that holds anything (a run's files would mix with the new ones; a link, even a
+    dangling one, would be written through), unless --force: then the entries a run writes (:data:`RUN_ENTRIES`) are
+    removed, links by ``unlink`` (never followed), and a link left among the others that leads out of the folder is
+    refused.
+    """
+    if os.path.lexists(output) and (output.is_symlink() or not output.is_dir()):
+        kind = "a symbolic link" if output.is_symlink() else "a file"
+        raise UsageError(f"--output {output} is {kind}: the run folder must be a folder")
+    entries = sorted(os.listdir(output)) if output.is_dir() else []
+    if not entries:
         return
+    ours = [name for name in entries if name in RUN_ENTRIES]
     if not force:
+        shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
+        what = "already holds a run" if ours else "is not empty"
         raise UsageError(
-            f"{output} already holds a run ({', '.join(used)}): continue it with `deep-sarsa train --resume {output}`, "
-            "replace it with --force, or pass another --output"
+            f"{output} {what} ({shown}): continue a run with `deep-sarsa train --resume {output}`, replace it with "
+            "--force (which removes only the entries a run writes), or pass another --output"
         )
-    for name in used:
+    for name in ours:
         entry = output / name
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
+        if entry.is_symlink() or not entry.is_dir():
             entry.unlink()
+        else:
+            shutil.rmtree(entry)
+    check_links(output)
+
+
+def check_links(output: pathlib.Path) -> None:
+    """Refuse a run folder with a symbolic link (at any depth) that leads out of it: a run writes only inside its folder."""
+    base = os.path.realpath(output)
+    for parent, folders, files in os.walk(output):
+        for name in folders + files:
+            path = os.path.join(parent, name)
+            if os.path.islink(path) and os.path.commonpath([os.path.realpath(path), base]) != base:
+                raise UsageError(
+                    f"{path} is a symbolic link to {os.path.realpath(path)}, outside the run folder {output}: a run "
+                    "writes only inside its folder (replace the link by the file or folder itself)"
+                )
 
 
 def write_json(path: pathlib.Path, content: dict[str, Any]) -> None:
-    with atomic_path(path) as temporary:
+    with atomic_path(path, path.parent) as temporary:
         temporary.write_text(json.dumps(content, indent=2) + "\n")

@@ -12,6 +12,7 @@ import inspect
 import pathlib
 import signal
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from deep_sarsa.cli.run_folder import (
     BEST_MODEL,
     CHECKPOINT_FOLDER,
     FINAL_MODEL,
+    check_links,
     clear_run_folder,
     read_run_settings,
     sign_run,
@@ -94,7 +96,7 @@ def _learn(
     n_envs = int(run["n_envs"])
     every = max(run["eval_freq"] // n_envs, 1)
     evaluation = eval_callback(model, eval_env, output, every, run["eval_episodes"], run["seed"] + 10_000)
-    saver = SaveOnInterrupt(output / CHECKPOINT_FOLDER, save_freq=run["checkpoint_freq"])
+    saver = SaveOnInterrupt(output / CHECKPOINT_FOLDER, save_freq=run["checkpoint_freq"], run_id=_run_id(run))
     remaining = max(int(run["timesteps"]) - model.num_timesteps, 0)
     first_step = model.num_timesteps
     start = time.perf_counter()
@@ -169,6 +171,14 @@ def _finish(
     console.print(table)
 
 
+def _run_id(run: dict[str, Any]) -> str | None:
+    """The run's identity in its run.json (None for a run written by 0.1.0, which has none)."""
+    run_id = run.get("run_id")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise UsageError(f"{RUN_FILE}: its run_id {run_id!r} is not a string")
+    return run_id
+
+
 def _check_new_run(args: argparse.Namespace) -> None:
     if args.env_id is None:
         raise UsageError("train needs an ENV_ID, or --resume RUN_DIR")
@@ -226,6 +236,7 @@ def train(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from error
     run = {
+        "run_id": uuid.uuid4().hex,  # every checkpoint's manifest keeps it: --resume refuses another run's
         "env_id": args.env_id,
         "env_kwargs": json_value(settings.env_kwargs or {}),
         "env_wrapper": json_value(settings.env_wrapper),
@@ -270,11 +281,12 @@ def resume_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--resume {output}: no {RUN_FILE} there (is it a run folder written by `deep-sarsa train`?)")
     run, settings = read_run_settings(output / RUN_FILE)
     check_env_settings(settings, args.trusted)  # evaluate's check: before the checkpoint or any env is touched
+    check_links(output)  # a resumed copy writes only inside itself
     checkpoint = output / CHECKPOINT_FOLDER
     if not checkpoint.is_dir():
         raise UsageError(f"--resume {output}: the run has no checkpoint to continue from ({checkpoint} is missing)")
     try:
-        model = load_checkpoint(checkpoint, device="auto", trusted=args.trusted)
+        model = load_checkpoint(checkpoint, device="auto", trusted=args.trusted, run_id=_run_id(run), run_folder=output)
     except UnsafeFileError as error:
         raise UsageError(str(error).replace("with trusted=True", "with --trusted")) from error
     except (FileNotFoundError, CheckpointError) as error:
