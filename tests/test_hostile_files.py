@@ -76,6 +76,8 @@ def buffer_of(good: Path) -> Any:
 BYTEARRAY_CALL = b"\x80\x04cbuiltins\nbytearray\n\x8a\x05\x00\x00\x00\x80\x02\x85R."
 #: the same through NumPy's generator helper, which calls whatever it is given
 GENERATOR_GADGET = b"\x80\x04cnumpy.random._pickle\n__generator_ctor\n\x8a\x05\x00\x00\x00\x80\x02cbuiltins\nbytearray\n\x86R."
+#: the module of NumPy's array rebuilder, as the installed NumPy names it in a pickle (numpy.core before NumPy 2)
+RECONSTRUCT_MODULE = np.zeros(1).__reduce__()[0].__module__.encode()
 CRAFTED_PICKLES = {
     "bytearray(10 GiB)": (BYTEARRAY_CALL, DeclaredSizeError, r"declares a bytearray of 10737418240 bytes, but holds only 32"),
     "BYTEARRAY8 opcode": (
@@ -91,7 +93,7 @@ CRAFTED_PICKLES = {
     "FRAME opcode": (b"\x80\x05\x95" + struct.pack("<Q", 10 * GIB) + b".", DeclaredSizeError, "a frame of 10737418240"),
     "generator gadget": (GENERATOR_GADGET, UnsafeFileError, "builds a random generator with"),
     "_reconstruct": (
-        b"\x80\x04cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x05\x00\x00\x00\x80\x02\x85C\x01b\x87R.",
+        b"\x80\x04c" + RECONSTRUCT_MODULE + b"\n_reconstruct\ncnumpy\nndarray\n\x8a\x05\x00\x00\x00\x80\x02\x85C\x01b\x87R.",
         DeclaredSizeError,
         r"an array of shape \(10737418240,\)",
     ),
