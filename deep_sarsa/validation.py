@@ -405,17 +405,37 @@ def check_buffer_memory(estimate: int, buffer_size: int, total: int | None, avai
     :param n_envs: the number of envs (the buffer holds a row of each: with more envs than
         ``buffer_size``, ``n_envs`` sets its size)
     """
-    gigabytes = estimate / 2**30
+    name = "n_envs" if n_envs > buffer_size else "buffer_size"
     setting = f"n_envs={n_envs} (one row of the buffer per env)" if n_envs > buffer_size else f"buffer_size={buffer_size}"
+    _check_fits(
+        estimate, name, setting, "the replay buffer", total, available, " (optimize_memory_usage=True halves the observations)"
+    )
+
+
+def _check_fits(
+    estimate: int, name: str, setting: str, use: str, total: int | None, available: int | None, hint: str = ""
+) -> None:
+    """
+    Refuse an allocation larger than this machine's memory; warn about one larger than
+    :data:`BUFFER_MEMORY_WARNING_FRACTION` of the memory available now.
+
+    :param estimate: its estimated size in bytes
+    :param name: the parameter that sets it, named in the error
+    :param setting: that parameter's value as shown (``"batch_size=64"``)
+    :param use: what the memory is for (``"the replay buffer"``)
+    :param total: the machine's total memory in bytes (None: unknown, no check)
+    :param available: the memory available now in bytes (None: unknown, no warning)
+    :param hint: what to add to the error (how to need less)
+    """
+    gigabytes = estimate / 2**30
     if total is not None and estimate > total:
-        name = "n_envs" if n_envs > buffer_size else "buffer_size"
         raise ValueError(
-            f"{name} must fit in memory: {setting} needs about {gigabytes:.1f} GiB for the replay "
-            f"buffer, more than this machine's {total / 2**30:.1f} GiB (optimize_memory_usage=True halves the observations)"
+            f"{name} must fit in memory: {setting} needs about {gigabytes:.1f} GiB for {use}, more than this machine's "
+            f"{total / 2**30:.1f} GiB{hint}"
         )
     if available is not None and estimate > BUFFER_MEMORY_WARNING_FRACTION * available:
         _warn(
-            f"{setting} needs about {gigabytes:.1f} GiB for the replay buffer, more than "
+            f"{setting} needs about {gigabytes:.1f} GiB for {use}, more than "
             f"{BUFFER_MEMORY_WARNING_FRACTION:.0%} of the {available / 2**30:.1f} GiB of memory available now"
         )
 
@@ -540,17 +560,7 @@ def check_batch_memory(estimate: int, batch_size: int, total: int | None, availa
     :param total: the machine's total memory in bytes (None: unknown, no check)
     :param available: the memory available now in bytes (None: unknown, no warning)
     """
-    gigabytes = estimate / 2**30
-    if total is not None and estimate > total:
-        raise ValueError(
-            f"batch_size must fit in memory: batch_size={batch_size} needs about {gigabytes:.1f} GiB for each "
-            f"gradient step, more than this machine's {total / 2**30:.1f} GiB"
-        )
-    if available is not None and estimate > BUFFER_MEMORY_WARNING_FRACTION * available:
-        _warn(
-            f"batch_size={batch_size} needs about {gigabytes:.1f} GiB for each gradient step, more than "
-            f"{BUFFER_MEMORY_WARNING_FRACTION:.0%} of the {available / 2**30:.1f} GiB of memory available now"
-        )
+    _check_fits(estimate, "batch_size", f"batch_size={batch_size}", "each gradient step", total, available)
 
 
 def make_env(env_id: str) -> gym.Env:
@@ -656,7 +666,7 @@ def check_setup(model: Any) -> None:
             "next_action='stored' reads a' from the next row of the replay buffer, which "
             "HerReplayBuffer does not keep in order: use next_action='sampled' or 'expected'"
         )
-    frequency, unit = parse_target_update_interval(model.target_update_interval)
+    frequency, unit = model._target_update_frequency, model._target_update_unit  # parsed by _setup_model
     if unit == "step" and model.n_envs > 1 and model.n_envs > frequency:
         warnings.warn(
             "The number of environments used is greater than the target network "
