@@ -47,6 +47,8 @@ RUNS = Path(__file__).parent / "runs"
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
 #: also runnable: DeepSARSA with DQN's Huber loss, the package's preset and its per-variant presets
 EXTRA_ALGORITHMS = [*(f"sarsa-{v}-huber" for v in NEXT_ACTIONS), "sarsa-preset", *(f"sarsa-preset-{v}" for v in NEXT_ACTIONS)]
+#: #31's diagnosis (docs/diagnosis.md): a' (or its probabilities) picked by the target network
+EXTRA_ALGORITHMS += ["sarsa-sampled-targetpick", "sarsa-expected-targetpick"]
 #: the lecture's own setting (the notebook's DeepSARSA only, one seed; its models are kept for
 #: examples/mountain_car_lecture.py), the second with the 200-step limit taken as termination
 LECTURE_TASKS = ["MountainCar-v0-lecture", "MountainCar-v0-lecture-timeout-terminal"]
@@ -92,6 +94,19 @@ def hyperparameters_of(task: str) -> dict[str, Any]:
         return rl_zoo_dqn(task)
     entry = HAND_SET[task]
     return {**entry, "policy_kwargs": dict(entry["policy_kwargs"])}
+
+
+class PickByTarget(DeepSARSA):
+    """DeepSARSA whose a' (or its ε-greedy probabilities) comes from the target network's Q-values of s'."""
+
+    def _td_target(self, replay_data: Any, next_state: Any, next_q_target: th.Tensor | None = None) -> th.Tensor:
+        if next_q_target is None:
+            next_q_target = self._target_forward(replay_data.next_observations)
+        online, self._online_forward = self._online_forward, (lambda _observations: next_q_target)  # type: ignore[assignment]
+        try:
+            return super()._td_target(replay_data, next_state, next_q_target)
+        finally:
+            self._online_forward = online
 
 
 class Evaluate(BaseCallback):
@@ -141,8 +156,9 @@ def train_job(task: str, algorithm: str, seed: int, episodes: int) -> dict[str, 
         model = DeepSARSA("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
     else:
         next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")
-        keywords: dict[str, Any] = dict(next_action=next_action, loss=loss or "mse", **hyperparameters)
-        model = DeepSARSA("MlpPolicy", make_env(task), seed=seed, device="cpu", **keywords)
+        kind = PickByTarget if loss == "targetpick" else DeepSARSA
+        keywords: dict[str, Any] = dict(next_action=next_action, loss="huber" if loss == "huber" else "mse", **hyperparameters)
+        model = kind("MlpPolicy", make_env(task), seed=seed, device="cpu", **keywords)
     evaluate = Evaluate(task, settings["eval_freq"], episodes, seed=10_000 + seed)
     start = time.perf_counter()
     model.learn(settings["steps"], callback=evaluate)
