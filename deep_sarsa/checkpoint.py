@@ -44,10 +44,12 @@ which checkpoint is still intact.
 **Loading** (:func:`load_checkpoint`) takes the newest generation and checks, before anything
 is unpickled: that the manifest's signature is valid (else ``UnsafeFileError``, unless
 ``trusted=True``), then every file against the manifest's size and SHA-256, on the bytes that
-are then loaded. A missing, truncated or mixed file is a :class:`CheckpointError` naming the
-file; where an older complete generation exists, loading falls back to it with a warning that
-says which one and why. (A folder of the older layout, the files directly in it with a ``.sig``
-beside each, still loads.)
+are then loaded. Every file is opened and read once, by :mod:`deep_sarsa.gate`
+(:func:`~deep_sarsa.gate.read_signed`, :func:`~deep_sarsa.gate.read_listed`,
+:func:`~deep_sarsa.gate.open_listed`, :func:`~deep_sarsa.gate.unpickle`). A missing, truncated
+or mixed file is a :class:`CheckpointError` naming the file; where an older complete
+generation exists, loading falls back to it with a warning that says which one and why. (A
+folder of the older layout, the files directly in it with a ``.sig`` beside each, still loads.)
 
 **Identity.** The manifest records the generation's sequence and step, which must be those of
 its folder's name, and the run's id where one is given (``run_id``): :func:`load_checkpoint` refuses
@@ -96,11 +98,11 @@ from stable_baselines3.common.monitor import ResultsWriter
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 
 from deep_sarsa.deep_sarsa import DeepSARSA
-from deep_sarsa.files import check_model_safely
+from deep_sarsa.files import MAX_MODEL_FILE_BYTES, check_model_safely
 from deep_sarsa.finite import RawFiniteCheck
-from deep_sarsa.gate import memory_cap, open_regular, read_regular
-from deep_sarsa.safe_pickle import TRUST_HINT, UnsafeFileError, one_line
-from deep_sarsa.signing import key_path, sign, signature_path, signing_key, verify
+from deep_sarsa.gate import memory_cap, named_bytes, open_listed, open_signed, read_listed, read_signed, unpickle
+from deep_sarsa.safe_pickle import one_line
+from deep_sarsa.signing import key_path, sign, signing_key
 
 try:
     import fcntl
@@ -240,13 +242,18 @@ def _inside_really(path: str, folder: pathlib.Path) -> bool:
     return os.path.commonpath([os.path.realpath(path), base]) == base
 
 
-class _EnvUnpickler(pickle.Unpickler):
+class _EnvRestorer:
+    """
+    What rebuilds the objects :class:`_EnvPickler` saved by reference, as the persistent ids of the state's pickle
+    (:func:`deep_sarsa.gate.unpickle` calls :meth:`persistent_load`).
+    """
+
     def __init__(
-        self, file: IO[bytes], files: dict[str, bytes], name: str, root: pathlib.Path, run_folder: pathlib.Path | None = None
+        self, folder: pathlib.Path, files: dict[str, bytes], root: pathlib.Path, run_folder: pathlib.Path | None = None
     ) -> None:
-        super().__init__(file)
-        self.files = files
-        self.name = name
+        self.folder = folder  # the generation
+        self.files = files  # its files, read and checked against the manifest
+        self.name = str(folder / STATE_FILE)
         self.root = root  # the run folder the relative Monitor logs are resolved against
         self.run_folder = run_folder  # where given, every Monitor log must be inside it
         #: Monitor logs to reopen once everything else has loaded: (writer, path, fieldnames, length)
@@ -261,7 +268,10 @@ class _EnvUnpickler(pickle.Unpickler):
             _, name, venv, returns = pid
             if name not in self.files:
                 raise CheckpointError(f"{self.name}: it needs {name}, which the manifest does not list")
-            vec_normalize = pickle.loads(self.files[name])  # what VecNormalize.load does, on the checked bytes
+            # what VecNormalize.load does, on the checked bytes (covered by the signed manifest, as the state is)
+            vec_normalize = unpickle(
+                self.files[name], str(self.folder / name), "the VecNormalize statistics", None, trusted=True
+            )
             vec_normalize.set_venv(venv)
             vec_normalize.returns = returns
             return vec_normalize
@@ -519,81 +529,37 @@ def save_checkpoint(model: DeepSARSA, folder: str | pathlib.Path, keep: int = 1,
 # -- loading --------------------------------------------------------------------------------------
 
 
-def _open_entry(path: pathlib.Path, entry: Any) -> IO[bytes]:
-    """
-    A checkpoint file opened through the gate (:func:`deep_sarsa.gate.open_regular`: a regular file
-    inside its generation, no larger than the memory available), its size compared with the
-    manifest's before a byte of it is read.
-    """
-    if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
-        raise CheckpointError(f"{path}: its manifest entry {entry!r} is not a size and a sha256")
+@contextlib.contextmanager
+def _listed(path: pathlib.Path) -> Iterator[None]:
+    """A file that the manifest lists and that is not there: the checkpoint is incomplete."""
     try:
-        file = open_regular(path, "a checkpoint file", memory_cap(MAX_CHECKPOINT_FILE_BYTES), path.parent, CheckpointError)
+        yield
     except FileNotFoundError as error:
         raise CheckpointError(f"{path}: missing (the manifest lists it): the checkpoint is incomplete") from error
-    size = os.fstat(file.fileno()).st_size
-    if size != entry["size"]:
-        file.close()
-        raise CheckpointError(
-            f"{path}: {size} bytes, but the manifest records {entry['size']}: the file is truncated or from another checkpoint"
-        )
-    return file
 
 
-def _read_checked(path: pathlib.Path, entry: Any) -> bytes:
-    """A file's bytes, checked against its manifest entry."""
-    with _open_entry(path, entry) as file:
-        content = file.read(entry["size"] + 1)
-    _check_entry(path, entry, len(content), hashlib.sha256(content).hexdigest())
-    return content
-
-
-def _check_entry(path: pathlib.Path, entry: Any, size: int, sha256: str) -> None:
-    if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
-        raise CheckpointError(f"{path}: its manifest entry {entry!r} is not a size and a sha256")
-    if size != entry["size"]:
-        raise CheckpointError(
-            f"{path}: {size} bytes, but the manifest records {entry['size']}: the file is truncated or from another checkpoint"
-        )
-    if sha256 != entry["sha256"]:
-        raise CheckpointError(
-            f"{path}: its SHA-256 is {sha256}, but the manifest records {entry['sha256']}: the file is from another "
-            "checkpoint, or was changed"
-        )
-
-
-def _open_checked(path: pathlib.Path, entry: Any) -> IO[bytes]:
-    """A large file, opened once, checked against its manifest entry, and rewound: what is checked is what is read."""
-    file = _open_entry(path, entry)
-    digest, size = hashlib.sha256(), 0
-    while chunk := file.read(_CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-    try:
-        _check_entry(path, entry, size, digest.hexdigest())
-    except CheckpointError:
-        file.close()
-        raise
-    file.seek(0)
-    return file
+def _refusal(what: str) -> str:
+    """Why a checkpoint file that is not signed with this user's key is refused (:func:`deep_sarsa.gate.read_signed`)."""
+    return (
+        f"{what} the pickled envs, which can run any code, so only checkpoints written with this user's key "
+        f"({key_path()}) are resumed without asking"
+    )
 
 
 def _read_manifest(folder: pathlib.Path, trusted: bool) -> dict[str, Any]:
     path = folder / MANIFEST_FILE
     try:
-        content = read_regular(path, "a checkpoint manifest", MAX_MANIFEST_BYTES, folder, CheckpointError)
+        content, _ = read_signed(
+            path,
+            "a checkpoint manifest",
+            MAX_MANIFEST_BYTES,
+            folder,
+            trusted=trusted,
+            refusal=_refusal("a checkpoint holds"),
+            error=CheckpointError,
+        )
     except FileNotFoundError as error:
         raise CheckpointError(f"{path}: missing: {folder} is not a complete checkpoint") from error
-    if not (trusted or verify(path, content)):
-        problem = (
-            "its signature does not match (the file was changed, or signed with another key)"
-            if signature_path(path).exists()
-            else "it is not signed"
-        )
-        raise UnsafeFileError(
-            f"{path}: {problem}: a checkpoint holds the pickled envs, which can run any code, so only checkpoints "
-            f"written with this user's key ({key_path()}) are resumed without asking; {TRUST_HINT}"
-        )
     try:
         manifest = json.loads(content)
     except ValueError as error:
@@ -641,26 +607,37 @@ def _load_generation(
     run_id: str | None = None,
     run_folder: pathlib.Path | None = None,
 ) -> DeepSARSA:
-    manifest = _read_manifest(folder, trusted)  # from here on every file is checked against it
+    manifest = _read_manifest(folder, trusted)  # signed (or trusted): from here on every file is checked against it
     files: dict[str, Any] = manifest["files"]
-    small = {name: _read_checked(folder / name, entry) for name, entry in files.items() if name != BUFFER_FILE}
+    cap = memory_cap(MAX_CHECKPOINT_FILE_BYTES)
+    small: dict[str, bytes] = {}
+    for name, entry in files.items():  # each read once through the gate, checked against its size and SHA-256
+        if name != BUFFER_FILE:
+            with _listed(folder / name):
+                small[name] = read_listed(folder / name, entry, "a checkpoint file", cap, folder, CheckpointError)
     _check_identity(folder, manifest, run_id)  # before anything is unpickled
-    with _open_checked(folder / BUFFER_FILE, files[BUFFER_FILE]) as buffer_file:
+    with contextlib.ExitStack() as stack:
+        with _listed(folder / BUFFER_FILE):  # opened once, hashed, rewound: unpickled from the bytes checked
+            buffer_file = stack.enter_context(
+                open_listed(folder / BUFFER_FILE, files[BUFFER_FILE], "a checkpoint file", cap, folder, CheckpointError)
+            )
         root = folder.absolute().parent.parent  # the run folder: the checkpoint folder's parent
-        unpickler = _EnvUnpickler(io.BytesIO(small[STATE_FILE]), small, str(folder / STATE_FILE), root, run_folder)
-        try:
-            state = unpickler.load()
-        except CheckpointError:
-            raise
-        except Exception as error:  # checked and trusted: its code ran; report what it raised, naming the file
-            raise ValueError(
-                f"{folder / STATE_FILE} is not a readable checkpoint state ({type(error).__name__}: {one_line(error)})"
-            ) from error
+        restorer = _EnvRestorer(folder, small, root, run_folder)
+        state = unpickle(  # the bytes the signed manifest covers: trusted
+            small[STATE_FILE],
+            restorer.name,
+            "the checkpoint state",
+            None,
+            trusted=True,
+            persistent_load=restorer.persistent_load,
+            passing=(CheckpointError,),
+        )
         if not isinstance(state, dict) or not state.keys() >= _STATE_KEYS:
             raise ValueError(f"{folder / STATE_FILE} is not the state of a checkpoint written by save_checkpoint")
         # force_reset=False keeps the envs mid-episode, with the observation the model last saw
-        model = DeepSARSA.load(io.BytesIO(small[MODEL_FILE]), env=state["env"], device=device, force_reset=False, trusted=True)
-        model.load_replay_buffer(buffer_file, trusted=True)  # type: ignore[arg-type]
+        model_file = named_bytes(small[MODEL_FILE], str(folder / MODEL_FILE))
+        model = DeepSARSA.load(model_file, env=state["env"], device=device, force_reset=False, trusted=True)
+        model.load_replay_buffer(buffer_file, trusted=True)
     match = _GENERATION.fullmatch(folder.name)
     if match is not None and model.num_timesteps != int(match[2]):  # the step of the checked model.zip: before any log is cut
         raise CheckpointIdentityError(
@@ -668,35 +645,41 @@ def _load_generation(
             "a generation copied or renamed, refused"
         )
     _restore_generators(model, state)
-    _reopen_monitor_files(unpickler.monitor_files)
+    _reopen_monitor_files(restorer.monitor_files)
     return model
 
 
 def _load_flat(folder: pathlib.Path, device: th.device | str, trusted: bool) -> DeepSARSA:
-    """A checkpoint of the older layout: the three files directly in ``folder``, each with its own ``.sig``."""
+    """
+    A checkpoint of the older layout: the three files directly in ``folder``, each with its own ``.sig``, each read once
+    through the gate, which checks the signature of the bytes it read.
+    """
     missing = [name for name in (MODEL_FILE, BUFFER_FILE, STATE_FILE) if not (folder / name).exists()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a complete checkpoint: {', '.join(missing)} missing")
-    model_trusted = trusted or verify(folder / MODEL_FILE)
-    check_model_safely(folder / MODEL_FILE, DeepSARSA, model_trusted)
-    path = folder / STATE_FILE
-    content = read_regular(path, "a checkpoint state", memory_cap(MAX_CHECKPOINT_FILE_BYTES), folder, CheckpointError)
-    if not (trusted or verify(path, content)):
-        problem = "its signature does not match" if signature_path(path).exists() else "it is not signed"
-        raise UnsafeFileError(
-            f"{path}: {problem}: a checkpoint's state.pkl holds the pickled envs, which can run any code, so only "
-            f"checkpoints written with this user's key ({key_path()}) are resumed without asking; {TRUST_HINT}"
-        )
-    try:
-        state = cloudpickle.loads(content)
-    except Exception as error:  # signed or trusted: its code ran
-        raise ValueError(f"{path} is not a readable checkpoint state ({type(error).__name__}: {one_line(error)})") from error
+    model_path, path = folder / MODEL_FILE, folder / STATE_FILE
+    model = read_signed(model_path, "a model file", memory_cap(MAX_MODEL_FILE_BYTES), folder, trusted=trusted)
+    check_model_safely(named_bytes(model.content, str(model_path)), DeepSARSA, model.trusted)  # before the state runs
+    content, _ = read_signed(
+        path,
+        "a checkpoint state",
+        memory_cap(MAX_CHECKPOINT_FILE_BYTES),
+        folder,
+        trusted=trusted,
+        refusal=_refusal("a checkpoint's state.pkl holds"),
+        error=CheckpointError,
+    )
+    state = unpickle(content, str(path), "the checkpoint state", None, trusted=True)  # signed or trusted: its code runs
     if not isinstance(state, dict) or not state.keys() >= _STATE_KEYS:
         raise ValueError(f"{path} is not the state of a checkpoint written by save_checkpoint")
-    model = DeepSARSA.load(folder / MODEL_FILE, env=state["env"], device=device, force_reset=False, trusted=model_trusted)
-    model.load_replay_buffer(folder / BUFFER_FILE, trusted=trusted or verify(folder / BUFFER_FILE))
-    _restore_generators(model, state)
-    return model
+    loaded = DeepSARSA.load(
+        named_bytes(model.content, str(model_path)), env=state["env"], device=device, force_reset=False, trusted=model.trusted
+    )
+    buffer_cap = memory_cap(MAX_CHECKPOINT_FILE_BYTES)
+    with open_signed(folder / BUFFER_FILE, "a replay buffer", buffer_cap, folder, trusted=trusted) as (buffer, signed):
+        loaded.load_replay_buffer(buffer, trusted=signed)
+    _restore_generators(loaded, state)
+    return loaded
 
 
 def load_checkpoint(

@@ -1,6 +1,8 @@
 """
-Model and replay-buffer files: checks before anything is read from one, safe loading, and
-atomic writing.
+Model and replay-buffer files: what they may hold, checked before anything is built from them,
+and their safe loading. Every byte of them is read by :mod:`deep_sarsa.gate` (a regular file,
+under a cap, read once; the restricted unpickling); writing them atomically is
+:mod:`deep_sarsa.atomic`'s (its names are kept here too, for the callers of earlier versions).
 
 SB3's model zip keeps the networks as ``.pth`` entries (read with ``torch.load(weights_only=True)``,
 safe) and the other attributes in a JSON ``data`` entry, where what JSON cannot hold is a
@@ -12,18 +14,11 @@ unpickles nothing; ``trusted=True`` leaves it to SB3 (its full behaviour).
 
 import base64
 import binascii
-import contextlib
-import errno
 import inspect
 import io
 import json
-import os
 import pathlib
 import pickle
-import re
-import stat
-import time
-import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -36,13 +31,19 @@ from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
 from stable_baselines3.dqn.policies import DQNPolicy
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
-from deep_sarsa.gate import memory_cap, open_regular, read_regular, stream_size
+# atomic writing, kept importable from here as before
+from deep_sarsa.atomic import STALE_AFTER_S as STALE_AFTER_S
+from deep_sarsa.atomic import TEMPORARY_PATTERN as TEMPORARY_PATTERN
+from deep_sarsa.atomic import atomic_path as atomic_path
+from deep_sarsa.atomic import remove_stale_temporaries as remove_stale_temporaries
+from deep_sarsa.atomic import save_atomically as save_atomically
+from deep_sarsa.atomic import temporary_path as temporary_path
+from deep_sarsa.gate import Source, memory_cap, read_pickle, read_source, unpickle
 from deep_sarsa.masking import MASKS_ATTRIBUTE
-from deep_sarsa.safe_pickle import BUFFER_GLOBALS, MODEL_GLOBALS, TRUST_HINT, UnsafeFileError, one_line, restricted_load
+from deep_sarsa.safe_pickle import BUFFER_GLOBALS, MODEL_GLOBALS, TRUST_HINT, UnsafeFileError, one_line
 from deep_sarsa.validation import check_hyperparameters, largest_part, memory_bytes, model_settings, q_network_parameters
 
 Model = TypeVar("Model")
-Source = str | pathlib.Path | io.BufferedIOBase
 
 #: the largest ``data`` entry read (its size in the zip's central directory, before it is read)
 MAX_DATA_BYTES = 64 * 2**20
@@ -81,37 +82,19 @@ SAVED_ATTRIBUTES = frozenset(
 )  # fmt: skip
 
 
-def _existing(path: pathlib.Path, suffix: str) -> pathlib.Path:
-    """SB3 also tries a path with ``suffix`` added."""
-    with_suffix = path.with_name(path.name + suffix)
-    return with_suffix if not path.exists() and with_suffix.exists() else path
-
-
-def _name_of(file: io.BufferedIOBase) -> str:
-    name = getattr(file, "name", None)
-    return str(name) if isinstance(name, (str, os.PathLike)) else f"<{type(file).__name__}>"
-
-
 def read_model_file(path: Source) -> tuple[str, bytes]:
     """
-    The bytes of a model file (read once, so that what is checked is what is loaded), through the
-    gate (:func:`deep_sarsa.gate.read_regular`): a regular file, at most :data:`MAX_MODEL_FILE_BYTES`
-    and the memory available.
+    The bytes of a model file, read once through the gate (:func:`deep_sarsa.gate.read_source`), so
+    that what is checked is what is loaded: a regular file, at most :data:`MAX_MODEL_FILE_BYTES` and
+    the memory available.
 
     :param path: the file (``.zip`` is added if it does not exist without), or a file object
     :return: its name for messages, and its content
     """
-    cap = memory_cap(MAX_MODEL_FILE_BYTES)
-    if isinstance(path, io.BufferedIOBase):
-        content = path.read(cap + 1)
-        if len(content) > cap:
-            raise ValueError(f"{_name_of(path)} is more than {cap} bytes, more than a model file may be here")
-        return _name_of(path), content
-    path = _existing(pathlib.Path(path), ".zip")
     try:
-        return str(path), read_regular(path, "a model file", cap)
+        return read_source(path, "a model file", memory_cap(MAX_MODEL_FILE_BYTES), suffix=".zip")
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{path}: no such model file") from error
+        raise FileNotFoundError(f"{error.filename}: no such model file") from error
 
 
 def _check_members(name: str, members: list[zipfile.ZipInfo]) -> None:
@@ -304,7 +287,7 @@ def _decode(name: str, key: str, serialized: Any) -> Any:
         pickled = base64.b64decode(serialized.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as error:
         raise ValueError(f"{name}: entry {key!r} is not valid base64 ({error})") from error
-    return restricted_load(io.BytesIO(pickled), MODEL_GLOBALS, name, f"entry {key!r}")
+    return unpickle(pickled, name, f"entry {key!r}", MODEL_GLOBALS)
 
 
 def decode_entries(
@@ -381,182 +364,6 @@ def check_loaded_hyperparameters(name: str, model: Any) -> None:
         raise ValueError(f"{name}: its hyperparameters are invalid: {one_line(error)}") from error
 
 
-#: Our temporary files: ``.NAME.<pid>.<12 hex digits>.tmp`` beside the file ``NAME`` they will replace
-TEMPORARY_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})\.[0-9a-f]{12}\.tmp$")
-#: A dead process's temporary file is removed only once it has not been modified for this many
-#: seconds: a process of another machine or container writing into a shared folder has a process
-#: id that looks dead here, and it modifies its file while it writes it
-STALE_AFTER_S = 60.0
-
-
-def temporary_path(target: pathlib.Path) -> pathlib.Path:
-    """
-    :param target: a file to write
-    :return: a temporary name beside it, unique to this process and call (:data:`TEMPORARY_PATTERN`)
-    """
-    return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists here (a process of another user counts as alive)."""
-    if pid <= 0:
-        return True  # not a process id of ours: never treated as dead
-    try:
-        os.kill(pid, 0)  # signal 0: only the check (never called on Windows, where it would end the process)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError, ValueError):
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder: pathlib.Path, stale_after_s: float = STALE_AFTER_S) -> list[pathlib.Path]:
-    """
-    Remove the temporary files that processes which no longer exist left in ``folder`` (killed
-    while saving): the files named as :func:`temporary_path` names them whose process id is not
-    alive and which were not modified for ``stale_after_s`` seconds. A live process's file,
-    another program's file and anything that is not a plain file are left alone; a file that
-    cannot be removed is skipped. Nothing is done on Windows (there is no harmless check of a
-    process id there).
-
-    :param folder: the folder
-    :param stale_after_s: how long a dead process's file must have been left unmodified
-    :return: the files removed
-    """
-    if os.name == "nt":
-        return []
-    removed = []
-    now = time.time()
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return []
-    for entry in entries:
-        match = TEMPORARY_PATTERN.match(entry.name)
-        if match is None:
-            continue
-        try:
-            if not entry.is_file(follow_symlinks=False) or now - entry.stat(follow_symlinks=False).st_mtime < stale_after_s:
-                continue
-            if _process_alive(int(match["pid"])):
-                continue
-            os.unlink(entry.path)
-        except OSError:  # gone meanwhile (another process cleaned it), or not ours to remove
-            continue
-        removed.append(pathlib.Path(entry.path))
-    return removed
-
-
-def _fsync_folder(folder: pathlib.Path) -> None:
-    """Flush a folder's entries (a rename in it) to disk, where the OS and file system allow it."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # Windows cannot open a folder
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError as error:
-        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES, errno.EPERM):
-            raise
-    finally:
-        os.close(descriptor)
-
-
-def _resolved(target: pathlib.Path) -> pathlib.Path:
-    """The file a path names: a symbolic link (or a chain of them) is followed, so that it stays a link."""
-    if not target.is_symlink():
-        return target
-    return pathlib.Path(os.path.realpath(target))
-
-
-@contextlib.contextmanager
-def atomic_path(target: pathlib.Path, folder: pathlib.Path | None = None) -> Iterator[pathlib.Path]:
-    """
-    A temporary file beside ``target`` to write into; when the block ends without an error it is
-    flushed to disk, given ``target``'s permission bits and renamed over ``target``
-    (``os.replace``), and the folder is flushed too; else it is removed. At every instant
-    ``target`` is the previous complete file or the new complete one, for any number of threads
-    and processes writing it (each has its own temporary name). A failure (full disk, Ctrl-C, an
-    object that cannot be pickled) leaves any previous ``target`` intact and no partial file
-    behind; an ``OSError`` is raised again naming ``target``, with the same ``errno``.
-
-    A symbolic link is written through: the file it points to is replaced and the link stays;
-    but where ``folder`` is given (a run folder, which writes only inside itself), a link that
-    leads out of ``folder`` is refused (``PermissionError`` naming the link and where it leads):
-    neither the file outside nor the link is touched, so that a link the user made is not
-    silently replaced, and a link received with a folder never writes outside it. Before writing,
-    the temporary files that dead processes left in the folder are removed
-    (:func:`remove_stale_temporaries`).
-
-    :param target: the file to write (its folder is created if needed)
-    :param folder: the folder ``target`` belongs to: a link out of it is refused
-    :return: the temporary path (a unique name in the target's folder, not yet created)
-    """
-    given = target
-    target = _resolved(target)
-    shown = str(given) if target == given else f"{given} (a link to {target})"
-    if folder is not None:
-        base = os.path.realpath(folder)
-        if os.path.commonpath([os.path.realpath(given.parent), base]) != base or (
-            target != given and os.path.commonpath([str(target), base]) != base
-        ):
-            raise PermissionError(
-                errno.EPERM, f"{shown} leads out of {folder}: refused (a run folder is written only inside itself)", str(given)
-            )
-    if target.is_dir():
-        raise IsADirectoryError(errno.EISDIR, f"{shown} is a folder, not a file that can be saved over", str(given))
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise _naming(error, shown, "its folder cannot be created") from error
-    remove_stale_temporaries(target.parent)
-    temporary = temporary_path(target)
-    try:
-        yield temporary
-        with open(temporary, "rb") as file:
-            os.fsync(file.fileno())
-        try:
-            mode = stat.S_IMODE(os.stat(target).st_mode)
-        except FileNotFoundError:
-            mode = None
-        if mode is not None:
-            os.chmod(temporary, mode)  # keep the permission bits the user gave it
-        os.replace(temporary, target)
-    except OSError as error:
-        raise _naming(error, shown, "not saved") from error
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_folder(target.parent)  # the rename reaches the disk too
-
-
-def _naming(error: OSError, shown: str, what: str) -> OSError:
-    """``error`` again (same errno, so the same OSError subclass), its message naming the file."""
-    reason = "no space left on the device" if error.errno == errno.ENOSPC else one_line(error)
-    message = f"{shown}: {what} ({reason}); the previous file, if there was one, is unchanged"
-    return OSError(error.errno, message) if error.errno is not None else OSError(message)
-
-
-def save_atomically(
-    save: Callable[..., None], path: str | pathlib.Path | io.BufferedIOBase, *args: Any, suffix: str = ".zip"
-) -> None:
-    """
-    ``save(path, *args)`` (SB3's ``BaseAlgorithm.save`` or ``save_replay_buffer``) through
-    :func:`atomic_path` where ``path`` is a path (``suffix`` added if it has none, as SB3 does);
-    a file object is written directly.
-
-    :param save: the saving function
-    :param path: the file, or a file object
-    :param args: the function's other arguments
-    :param suffix: the suffix SB3 adds to a path without one (``.zip`` for models, ``.pkl`` for replay buffers)
-    """
-    if isinstance(path, io.BufferedIOBase):
-        save(path, *args)
-        return
-    target = pathlib.Path(path)
-    with atomic_path(target.with_suffix(suffix) if target.suffix == "" else target) as temporary:
-        save(temporary, *args)
-
-
 def load_checked(
     load: Callable[..., Model],
     path: Source,
@@ -603,41 +410,30 @@ def load_checked(
 
 def read_replay_buffer(path: Source, trusted: bool = False) -> tuple[str, ReplayBuffer]:
     """
-    Read a replay buffer that ``save_replay_buffer`` wrote: with the restricted unpickler
-    (:data:`deep_sarsa.safe_pickle.BUFFER_GLOBALS`), or with ``pickle`` when ``trusted``. A path
-    goes through the gate (:func:`deep_sarsa.gate.open_regular`): a regular file no larger than
-    the memory available.
+    Read a replay buffer that ``save_replay_buffer`` wrote, through the gate
+    (:func:`deep_sarsa.gate.read_pickle`: a regular file no larger than the memory available, opened
+    once): with the restricted unpickler (:data:`deep_sarsa.safe_pickle.BUFFER_GLOBALS`), or with
+    ``pickle`` when ``trusted``.
 
     :param path: the file (``.pkl`` is added if it does not exist without), or a file object
     :param trusted: unpickle as SB3 does (runs any code the file names)
     :return: its name for messages, and the buffer
     """
-    cap = memory_cap(MAX_BUFFER_FILE_BYTES)
-    if isinstance(path, io.BufferedIOBase):
-        size = stream_size(path)
-        if size is not None and size > cap:
-            raise ValueError(f"{_name_of(path)} is {size} bytes, more than a replay buffer may be here ({cap} bytes)")
-        return _name_of(path), _replay_buffer_in(path, _name_of(path), trusted)
-    path = _existing(pathlib.Path(path), ".pkl")
     try:
-        file = open_regular(path, "a replay buffer", cap)
+        name, buffer = read_pickle(
+            path,
+            "a replay buffer",
+            memory_cap(MAX_BUFFER_FILE_BYTES),
+            "the replay buffer",
+            BUFFER_GLOBALS,
+            trusted=trusted,
+            suffix=".pkl",
+        )
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{path}: no such replay buffer file") from error
-    with file:
-        return str(path), _replay_buffer_in(file, str(path), trusted)
-
-
-def _replay_buffer_in(file: io.BufferedIOBase, name: str, trusted: bool) -> ReplayBuffer:
-    if trusted:
-        try:
-            buffer = pickle.load(file)
-        except Exception as error:  # the user chose to run the file's code: report whatever it raised, naming the file
-            raise ValueError(f"{name} is not a readable pickle ({type(error).__name__}: {one_line(error)})") from error
-    else:
-        buffer = restricted_load(file, BUFFER_GLOBALS, name, "the replay buffer")
+        raise FileNotFoundError(f"{error.filename}: no such replay buffer file") from error
     if not isinstance(buffer, ReplayBuffer):
         raise ValueError(f"{name} is not a replay buffer saved by SB3: it holds a {type(buffer).__name__}")
-    return buffer
+    return name, buffer
 
 
 def fit_replay_buffer(name: str, buffer: ReplayBuffer, model: Any, truncate_last_traj: bool) -> None:

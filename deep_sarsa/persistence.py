@@ -2,8 +2,9 @@
 Saving and loading a model and its replay buffer: SB3's methods, written atomically and read safely.
 
 :class:`SafeFiles` is the mixin that gives :class:`deep_sarsa.DeepSARSA` its ``save``, ``load``,
-``save_replay_buffer`` and ``load_replay_buffer``. Each is SB3's own method, handed to one function of
-:mod:`deep_sarsa.files`, which owns the checks, the restricted unpickling and the atomic writes.
+``save_replay_buffer`` and ``load_replay_buffer``. Each is SB3's own method, handed to one function:
+of :mod:`deep_sarsa.atomic` for writing, of :mod:`deep_sarsa.files` (the checks of what a file may
+hold) for loading, whose every read goes through :mod:`deep_sarsa.gate`.
 """
 
 import io
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv
 
-from deep_sarsa.files import fit_replay_buffer, load_checked, read_replay_buffer, save_atomically
+from deep_sarsa.atomic import save_atomically
+from deep_sarsa.files import fit_replay_buffer, load_checked, read_replay_buffer
 
 if TYPE_CHECKING:
     from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm as _Algorithm
@@ -29,7 +31,7 @@ class SafeFiles(_Algorithm):
 
     def save(self, path: Path, exclude: Any = None, include: Any = None) -> None:
         """
-        SB3's ``save``, atomically (:func:`deep_sarsa.files.save_atomically`): a failure leaves any
+        SB3's ``save``, atomically (:func:`deep_sarsa.atomic.save_atomically`): a failure leaves any
         previous file intact and no partial zip behind.
 
         :param path: the file (``.zip`` is added if it has no suffix), or a file object
@@ -41,7 +43,7 @@ class SafeFiles(_Algorithm):
     def save_replay_buffer(self, path: Path) -> None:
         """
         SB3's ``save_replay_buffer``, atomically as ``save`` (SB3 writes the file in place): a
-        failure or a kill leaves any previous buffer intact (:func:`deep_sarsa.files.save_atomically`).
+        failure or a kill leaves any previous buffer intact (:func:`deep_sarsa.atomic.save_atomically`).
 
         :param path: the file (``.pkl`` is added if it has no suffix), or a file object
         """

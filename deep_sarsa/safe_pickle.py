@@ -1,6 +1,7 @@
 """
 Unpickling that rebuilds only an allowlist of globals, so that reading a file from a stranger
-runs none of its code.
+runs none of its code. The package unpickles only through :func:`deep_sarsa.gate.unpickle`,
+which calls :func:`restricted_load` on the bytes the gate has read.
 
 A pickle names the globals (classes, functions) that rebuild its objects, and the unpickler
 imports and calls them: whoever wrote the file chooses what runs. :class:`RestrictedUnpickler`
@@ -23,14 +24,13 @@ before anything is allocated: a pickle that asks for more is refused with
 import contextlib
 import io
 import math
+import os
 import pickle
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-
-from deep_sarsa.gate import stream_size
 
 #: module -> names that a file may name there
 Allowlist = Mapping[str, frozenset[str]]
@@ -150,6 +150,26 @@ VECNORMALIZE_GLOBALS: Allowlist = {
 ALLOCATION_SLACK = 2**16
 #: Read when the size of a stream cannot be known
 UNKNOWN_SIZE_LIMIT = 2**30
+
+
+def stream_size(file: io.IOBase) -> int | None:
+    """
+    :param file: an open binary file
+    :return: the bytes left to read in it (its size less its position), where that can be known
+    """
+    try:
+        return max(os.fstat(file.fileno()).st_size - file.tell(), 0)
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        pass
+    if isinstance(file, io.BytesIO):
+        return len(file.getbuffer()) - file.tell()
+    try:
+        here = file.tell()
+        end = file.seek(0, io.SEEK_END)
+        file.seek(here)
+        return max(end - here, 0)
+    except (OSError, AttributeError, ValueError):
+        return None
 
 
 def _is_int(value: Any) -> bool:

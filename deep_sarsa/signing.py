@@ -15,6 +15,10 @@ others can read, the key is used only when it is a regular file (not a link, a f
 owned by this user and neither readable nor writable by group or others, in a config folder that
 only its owner (this user, or root) can write; anything else is a :class:`SigningKeyError` (a
 ``ValueError``) of one line that names the file and the fix.
+
+This module reads no file from elsewhere: :func:`signature_of` signs bytes it is given, and
+:func:`deep_sarsa.gate.verify` (with the gate's other reads) reads a file and its ``.sig`` once,
+and checks the signature of exactly the bytes it read.
 """
 
 import hashlib
@@ -24,9 +28,9 @@ import pathlib
 import secrets
 import stat
 import uuid
+from collections.abc import Iterable
 
-from deep_sarsa.files import atomic_path
-from deep_sarsa.gate import read_regular
+from deep_sarsa.atomic import atomic_path
 
 CONFIG_DIR_VARIABLE = "DEEP_SARSA_CONFIG_DIR"
 KEY_FILE = "signing.key"
@@ -172,52 +176,47 @@ def signature_path(path: str | pathlib.Path) -> pathlib.Path:
 
 
 #: Bytes of a file hashed at a time: a replay buffer of several GB is never held in memory whole
-_CHUNK = 1 << 20
+CHUNK_BYTES = 1 << 20
 
 
-def _signature(content: bytes | pathlib.Path) -> str:
-    """The signature of ``content``, or of the file at that path, read in chunks."""
+def has_key() -> bool:
+    """
+    :return: whether there is a signing key (or something in its place): without one, nothing was ever signed here
+    """
+    return os.path.lexists(key_path())
+
+
+def signature_of(content: bytes | Iterable[bytes]) -> str:
+    """
+    :param content: the bytes to sign, or their chunks in order
+    :return: their signature under the user's key (``hmac-sha256:`` and the hex HMAC), as ``.sig`` files hold it
+    :raises SigningKeyError: the key or its folder is unsafe (:func:`signing_key`)
+    """
     digest = hmac.new(signing_key(), digestmod=hashlib.sha256)
-    if isinstance(content, bytes):
-        digest.update(content)
-    else:
-        with open(content, "rb") as file:
-            while chunk := file.read(_CHUNK):
-                digest.update(chunk)
+    for chunk in [content] if isinstance(content, bytes) else content:
+        digest.update(chunk)
     return f"{_SCHEME}:{digest.hexdigest()}"
+
+
+def matches(recorded: bytes, signature: str) -> bool:
+    """
+    :param recorded: the content of a ``.sig`` file
+    :param signature: the signature of the bytes it should sign (:func:`signature_of`)
+    :return: whether they are the same (compared in constant time)
+    """
+    return hmac.compare_digest(recorded.decode(errors="replace").strip().encode(), signature.encode())
 
 
 def sign(path: str | pathlib.Path) -> pathlib.Path:
     """
-    Sign a file with the user's key: write ``path.sig`` (atomically).
+    Sign a file this process has written with the user's key: write ``path.sig`` (atomically).
 
     :param path: the file
     :return: the signature file
     """
     target = signature_path(path)
-    signature = _signature(pathlib.Path(path))
+    with open(path, "rb") as file:  # a file of ours, just written: not one from elsewhere
+        signature = signature_of(iter(lambda: file.read(CHUNK_BYTES), b""))
     with atomic_path(target) as temporary:
         temporary.write_text(signature + "\n")
     return target
-
-
-def verify(path: str | pathlib.Path, content: bytes | None = None) -> bool:
-    """
-    Whether a file carries a valid signature of the user's key (compared in constant time).
-
-    :param path: the file (its signature is ``path.sig``)
-    :param content: the bytes to check, when the caller has read the file already (then exactly
-        what is checked is what it uses); else the file is read
-    :return: ``True`` only when ``path.sig`` exists and matches (a signature file that is not a regular file of at most
-        :data:`MAX_SIGNATURE_BYTES` inside the file's folder matches nothing, and is not read)
-    :raises SigningKeyError: there is a key, but it or its folder is unsafe (:func:`signing_key`)
-    """
-    signature_file = signature_path(path)
-    if not signature_file.is_file() or not os.path.lexists(key_path()):  # no key: nothing was ever signed here
-        return False
-    try:  # a regular file, small, beside the file it signs: anything else signs nothing
-        content_of_signature = read_regular(signature_file, "a signature", MAX_SIGNATURE_BYTES, signature_file.parent)
-    except (OSError, ValueError):
-        return False
-    recorded = content_of_signature.decode(errors="replace").strip()
-    return hmac.compare_digest(recorded.encode(), _signature(pathlib.Path(path) if content is None else content).encode())

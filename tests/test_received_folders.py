@@ -1,17 +1,22 @@
 """
 A folder from someone else runs none of its code (issue #34): an rl-zoo3 log folder (``python -m deep_sarsa.zoo``),
-a ``deep-sarsa train`` run folder (its ``run.json``), and the signing key that would vouch for a checkpoint.
+a ``deep-sarsa train`` run folder (its ``run.json``), and the signing key that would vouch for a checkpoint. Every
+file of such a folder is read through one gate (issue #35): opened and read once, its signature checked on the bytes
+that are then used; no other module of the package opens a received file, checks a signature or unpickles.
 
 Each attack is crafted as an attacker would: a payload that would create a sentinel file; the sentinel never appears,
 the exit code is 2 and the message names the file and says how to trust it. Honest folders and ``--trusted`` still
 open.
 """
 
+import ast
 import contextlib
 import io
 import json
 import os
 import pickle
+import random
+import re
 import shutil
 import stat
 import uuid
@@ -19,20 +24,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import pytest
+import torch as th
 import yaml
 from stable_baselines3 import DQN
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
 import deep_sarsa.zoo as zoo
-from deep_sarsa import DeepSARSA
+from deep_sarsa import DeepSARSA, gate
 from deep_sarsa.checkpoint import MANIFEST_FILE, STATE_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from deep_sarsa.cli.parser import main as cli
 from deep_sarsa.signing import CONFIG_DIR_VARIABLE, SigningKeyError, key_path, sign, signing_key
 from deep_sarsa.zoo.__main__ import main as zoo_main
-from deep_sarsa.zoo.folders import FolderLoader, UnsafeFolderError, folder_literal, read_saved_hyperparams
+from deep_sarsa.zoo.folders import (
+    FolderLoader,
+    UnsafeFolderError,
+    folder_literal,
+    load_vecnormalize,
+    load_yml,
+    read_saved_hyperparams,
+)
 
 ENV = "CartPole-v1"
 
@@ -524,3 +538,176 @@ def test_a_key_that_is_a_folder_is_one_line_and_exit_2(
     assert quietly(["evaluate", str(own_run), "--episodes", "1"]) == 2  # its run.json.sig is checked with the key
     err = capsys.readouterr().err.strip()
     assert err == f"error: {key_path()}: the signing key is a folder: remove it (a new key is made on first use)"
+
+
+# --- one gate for every received file ---------------------------------------------------------------------------
+
+
+def _older_checkpoint(folder: Path) -> DeepSARSA:
+    """A checkpoint of the older layout: model.zip, replay_buffer.pkl and state.pkl, each with its own signature."""
+    folder.mkdir()
+    model = DeepSARSA("MlpPolicy", make_vec_env(ENV, n_envs=1), buffer_size=100, learning_starts=10, seed=0)
+    model.learn(20)
+    model.save(folder / "model.zip")
+    model.save_replay_buffer(folder / "replay_buffer.pkl")
+    state = {
+        "env": model.get_env(),
+        "numpy": np.random.get_state(),
+        "torch": th.get_rng_state(),
+        "cuda": None,
+        "python": random.getstate(),
+        "action_space": model.action_space.np_random.bit_generator.state,
+    }
+    (folder / STATE_FILE).write_bytes(cloudpickle.dumps(state))
+    for name in ("model.zip", "replay_buffer.pkl", STATE_FILE):
+        sign(folder / name)
+    return model
+
+
+def test_a_file_swapped_right_after_its_signature_is_checked_is_never_read(
+    tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The moment an attacker who can write into the folder aims at: each file's signature has just been found valid, and
+    the file is replaced (renamed over) by one that runs code. The gate checked the bytes it read, or the file it
+    opened (the replay buffer, hashed then rewound), so what it loads is what it checked; reading the path again (as
+    the older layout's loader did for its model and its replay buffer) would unpickle the attacker's file as signed.
+    """
+    folder = tmp_path / "checkpoint"
+    model = _older_checkpoint(folder)
+    payload = pickle.dumps(Exec(writes(marker)))
+    checked = []
+    verify = gate.verify
+
+    def verify_then_swap(path: str | os.PathLike[str], content: Any = None) -> bool:
+        signed = verify(path, content)
+        checked.append((Path(path).name, signed))
+        swap = Path(path).with_name(".swap")
+        swap.write_bytes(payload)
+        os.replace(swap, path)
+        return signed
+
+    monkeypatch.setattr(gate, "verify", verify_then_swap)
+    loaded = load_checkpoint(folder)
+    assert sorted(checked) == [("model.zip", True), ("replay_buffer.pkl", True), (STATE_FILE, True)]
+    assert not marker.exists()
+    assert loaded.replay_buffer is not None and model.replay_buffer is not None
+    assert loaded.num_timesteps == model.num_timesteps and loaded.replay_buffer.pos == model.replay_buffer.pos
+    monkeypatch.undo()  # the folder now holds the attacker's files: loaded again, they are refused, and run nothing
+    with pytest.raises(ValueError, match=r"model.zip is not a model saved by SB3"):
+        load_checkpoint(folder)
+    assert not marker.exists()
+
+
+def test_a_fifo_as_a_received_yml_or_vecnormalize_is_refused_without_waiting(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "config.yml")
+    with pytest.raises(ValueError, match=r"config.yml is a FIFO \(named pipe\), not a regular file: refused as a yml"):
+        load_yml(tmp_path / "config.yml")
+    os.mkfifo(tmp_path / "vecnormalize.pkl")
+    with pytest.raises(ValueError, match=r"vecnormalize.pkl is a FIFO \(named pipe\), not a regular file"):
+        load_vecnormalize(tmp_path / "vecnormalize.pkl", make_vec_env(ENV, n_envs=1))
+
+
+PACKAGE = Path(zoo.__file__).parent.parent
+#: calls that open or read a file, check a signature or unpickle: in the package, only the gate makes them
+READS = {
+    "open", "io.open", "os.open", "os.fdopen", "verify", "gate.verify", "pickle.load", "pickle.loads", "pickle.Unpickler",
+    "pickle._Unpickler", "cloudpickle.load", "cloudpickle.loads", "RestrictedUnpickler", "restricted_load",
+    "restricted_loads", "np.load", "numpy.load", "json.load", "yaml.load", "yaml.safe_load", "yaml.unsafe_load",
+    "th.load", "torch.load", "zipfile.ZipFile", "shutil.copy", "shutil.copyfile",
+}  # fmt: skip
+#: methods that read a file
+READING_METHODS = {"read_bytes", "read_text"}
+#: what calls READS outside the gate, and why none of it reads a file from elsewhere: (module, function, call) -> why
+ALLOWED_READS = {
+    ("deep_sarsa/atomic.py", "_fsync_folder", "os.open"): "a folder opened to flush it",
+    ("deep_sarsa/atomic.py", "atomic_path", "open"): "the temporary file just written, opened to flush it",
+    ("deep_sarsa/checkpoint.py", "_fsync_and_describe", "open"): "a checkpoint file just written: its size and hash",
+    ("deep_sarsa/checkpoint.py", "_fsync_dir", "os.open"): "a folder opened to flush it",
+    ("deep_sarsa/presets.py", "load_presets", ".read_text()"): "the presets files the package ships",
+    ("deep_sarsa/presets.py", "load_presets", "yaml.safe_load"): "the presets files the package ships",
+    ("deep_sarsa/safe_pickle.py", "RestrictedUnpickler", "class(pickle._Unpickler)"): "its definition",
+    ("deep_sarsa/safe_pickle.py", "restricted_load", "RestrictedUnpickler"): "its definition (the gate calls it)",
+    ("deep_sarsa/signing.py", "_read_key_file", "os.open"): "the user's key, with OpenSSH's checks of a key file",
+    ("deep_sarsa/signing.py", "sign", "open"): "a file this process wrote, hashed to sign it",
+    ("deep_sarsa/validation.py", "memory_bytes", "open"): "/proc/meminfo",
+}
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return None if inner is None else f"{inner}.{node.attr}"
+    return None
+
+
+def _reads_nothing(call: ast.Call, name: str) -> bool:
+    """A call of READS that reads no file: a write (its mode or flags say so), or a parse of bytes in memory."""
+    if name in ("open", "io.open", "os.fdopen"):
+        mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
+        return isinstance(mode, ast.Constant) and isinstance(mode.value, str) and bool(set(mode.value) & set("wax+"))
+    if name == "os.open":
+        flags = {getattr(node, "attr", getattr(node, "id", None)) for node in ast.walk(call.args[1])}
+        return bool(flags & {"O_WRONLY", "O_RDWR", "O_CREAT"})
+    first = call.args[0] if call.args else None
+    return isinstance(first, ast.Call) and _dotted(first.func) in ("io.BytesIO", "named_bytes", "gate.named_bytes")
+
+
+def _reads_outside_the_gate() -> set[tuple[str, str, str]]:
+    """(module, top-level function or class, call) of every call of READS outside the gate."""
+    found = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = path.relative_to(PACKAGE.parent).as_posix()
+        if module == "deep_sarsa/gate.py":
+            continue
+        for statement in ast.parse(path.read_text()).body:
+            scope = getattr(statement, "name", "<module>")
+            for node in ast.walk(statement):
+                if isinstance(node, ast.ClassDef):
+                    bases = [_dotted(base) for base in node.bases]
+                    found |= {(module, node.name, f"class({base})") for base in bases if base in READS}
+                elif isinstance(node, ast.Call):
+                    name = _dotted(node.func)
+                    if name in READS and not _reads_nothing(node, name):
+                        found.add((module, scope, name))
+                    elif isinstance(node.func, ast.Attribute) and node.func.attr in READING_METHODS | {"verify"}:
+                        found.add((module, scope, f".{node.func.attr}()"))
+    return found
+
+
+def test_only_the_gate_reads_a_file_checks_a_signature_or_unpickles() -> None:
+    """Every other read is listed, with why it reads nothing from elsewhere; a listed one that is gone is stale."""
+    found = _reads_outside_the_gate()
+    assert not found - ALLOWED_READS.keys(), f"read outside deep_sarsa/gate.py: {sorted(found - ALLOWED_READS.keys())}"
+    assert not ALLOWED_READS.keys() - found, f"listed but gone: {sorted(ALLOWED_READS.keys() - found)}"
+
+
+def _layers() -> list[str]:
+    """The package's top-level modules, lowest layer first, as docs/architecture.md lists them."""
+    table = (PACKAGE.parent / "docs" / "architecture.md").read_text().split("## The modules, lowest layer first")[1]
+    order: list[str] = []
+    for row in re.findall(r"^\| (`[^|]*) \|", table.split("\n## ")[0], re.M):
+        names = re.findall(r"`([^`]+)`", row)
+        if names and "/" not in names[0]:
+            order += [name.removesuffix(".py") for name in names if name.endswith(".py")]
+    return order
+
+
+def test_each_module_imports_only_the_layers_below_it() -> None:
+    """No call goes back up the layers: the gate sits above signing.py and safe_pickle.py, below its callers."""
+    order = _layers()
+    assert order.index("safe_pickle") < order.index("signing") < order.index("gate") < order.index("files")
+    assert order.index("gate") < order.index("checkpoint")
+    modules = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
+    assert sorted(order) == modules, "docs/architecture.md must list every top-level module"
+    upward = []
+    for module in modules:
+        tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+        for node in tree.body:  # imports at import time (SaveOnInterrupt's of checkpoint.py, at training, is not one)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("deep_sarsa"):
+                parts = node.module.split(".")
+                targets = [parts[1]] if len(parts) > 1 else [alias.name for alias in node.names]
+                upward += [(module, target) for target in targets if order.index(target) >= order.index(module)]
+    assert not upward, f"imports of a layer above (or of the same): {upward}"

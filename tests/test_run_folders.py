@@ -21,7 +21,8 @@ from deep_sarsa.checkpoint import CheckpointError, CheckpointIdentityError, list
 from deep_sarsa.cli.parser import main
 from deep_sarsa.cli.run_folder import MAX_RUN_FILE_BYTES
 from deep_sarsa.files import atomic_path
-from deep_sarsa.signing import MAX_SIGNATURE_BYTES, sign, verify
+from deep_sarsa.gate import verify
+from deep_sarsa.signing import MAX_SIGNATURE_BYTES, sign
 
 SMALL = dict(learning_starts=40, buffer_size=300, batch_size=16, train_freq=4, policy_kwargs=dict(net_arch=[8]))
 TINY = [

@@ -31,9 +31,10 @@ from stable_baselines3.common.utils import LinearSchedule
 from deep_sarsa import DeepSARSA, checkpoint, files
 from deep_sarsa.checkpoint import BUFFER_FILE, MANIFEST_FILE, MODEL_FILE, STATE_FILE, load_checkpoint, resume, save_checkpoint
 from deep_sarsa.cli.parser import main
+from deep_sarsa.gate import verify
 from deep_sarsa.masking import toy_text_action_mask
 from deep_sarsa.safe_pickle import MODEL_GLOBALS, UnsafeFileError, restricted_loads
-from deep_sarsa.signing import CONFIG_DIR_VARIABLE, key_path, sign, signature_path, verify
+from deep_sarsa.signing import CONFIG_DIR_VARIABLE, key_path, sign, signature_path
 
 SMALL = dict(learning_starts=20, buffer_size=200, batch_size=8, train_freq=4, target_update_interval=20, seed=0)
 

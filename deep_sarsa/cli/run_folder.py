@@ -17,10 +17,10 @@ from deep_sarsa.cli.common import RUN_FILE, UsageError, errors
 from deep_sarsa.cli.env_settings import EnvSettings
 from deep_sarsa.deep_sarsa import DeepSARSA
 from deep_sarsa.files import atomic_path
-from deep_sarsa.gate import read_regular
+from deep_sarsa.gate import Received, read_signed
 from deep_sarsa.presets import load_presets
 from deep_sarsa.safe_pickle import UnsafeFileError
-from deep_sarsa.signing import sign, verify
+from deep_sarsa.signing import SigningKeyError, sign
 
 FINAL_MODEL = "model.zip"
 BEST_MODEL = "best_model.zip"
@@ -67,10 +67,15 @@ def _parse_run(run_file: pathlib.Path, content: bytes) -> dict[str, Any]:
     return run
 
 
-def _read_bytes(run_file: pathlib.Path) -> bytes:
-    """A run.json through the gate: a regular file of at most :data:`MAX_RUN_FILE_BYTES`, inside its run folder."""
+def _read(run_file: pathlib.Path, signature: bool = True) -> Received:
+    """
+    A run.json through the gate: a regular file of at most :data:`MAX_RUN_FILE_BYTES`, inside its run folder, read
+    once, and (with ``signature``) whether those bytes carry the user's signature (``run.json.sig``).
+    """
     try:
-        return read_regular(run_file, "a run file", MAX_RUN_FILE_BYTES, run_file.parent)
+        return read_signed(run_file, "a run file", MAX_RUN_FILE_BYTES, run_file.parent, trusted=not signature)
+    except SigningKeyError:  # the user's key, not the file: its own one-line message
+        raise
     except (OSError, ValueError) as error:
         raise UsageError(f"{run_file}: not a readable run file: {error}") from error
 
@@ -80,7 +85,7 @@ def read_run(run_file: pathlib.Path) -> dict[str, Any]:
     :param run_file: a run.json
     :return: its content (data only: :func:`read_run_settings` for the env it makes)
     """
-    return _parse_run(run_file, _read_bytes(run_file))
+    return _parse_run(run_file, _read(run_file, signature=False).content)
 
 
 def read_run_settings(run_file: pathlib.Path) -> tuple[dict[str, Any], EnvSettings]:
@@ -91,9 +96,9 @@ def read_run_settings(run_file: pathlib.Path) -> tuple[dict[str, Any], EnvSettin
     :param run_file: a run.json
     :return: its content and its env settings
     """
-    content = _read_bytes(run_file)
+    content, signed = _read(run_file)
     run = _parse_run(run_file, content)
-    return run, run_env(run, source=run_file, trusted=verify(run_file, content))
+    return run, run_env(run, source=run_file, trusted=signed)
 
 
 def sign_run(run_file: pathlib.Path) -> bool:

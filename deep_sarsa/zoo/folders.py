@@ -20,6 +20,9 @@ this module instead:
 - ``get_trained_models`` (``benchmark``) refuses a folder whose ``args.yml`` names a ``module:EnvId`` env id;
 - the model of an algorithm other than DeepSARSA, which SB3's ``load`` would unpickle, is refused.
 
+Every file of the folder read here (the yml files, ``vecnormalize.pkl``) is read through :mod:`deep_sarsa.gate`: a
+regular file (not a FIFO or a device), under a size cap.
+
 Everything is put back when the command ends; nothing changes at import, and nothing at all with ``--trusted``.
 """
 
@@ -41,7 +44,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 
 from deep_sarsa.cli.env_settings import SAFE_WRAPPER_MODULES, check_path_keywords, is_safe_module
-from deep_sarsa.safe_pickle import VECNORMALIZE_GLOBALS, UnsafeFileError, one_line, restricted_load
+from deep_sarsa.gate import memory_cap, named_bytes, read_pickle, read_regular
+from deep_sarsa.safe_pickle import VECNORMALIZE_GLOBALS, UnsafeFileError, one_line
 
 #: modules whose wrappers and callbacks a folder may name without --trusted (importing another module runs its code)
 SAFE_MODULES = (*SAFE_WRAPPER_MODULES, "rl_zoo3.")
@@ -56,6 +60,10 @@ DATA_TAGS = frozenset(tag for tag in yaml.SafeLoader.yaml_constructors if tag is
 NAMED_CLASSES: dict[str, type] = {"env_wrapper": gym.Wrapper, "vec_env_wrapper": VecEnvWrapper, "callback": BaseCallback}
 #: the longest ``normalize`` string read as a literal
 MAX_LITERAL = 10_000
+#: the largest yml file of a folder read (rl-zoo3's are a few KB)
+MAX_YML_BYTES = 1 << 20
+#: the largest ``vecnormalize.pkl`` read (lowered to the memory available; SB3's holds a few running statistics)
+MAX_VECNORMALIZE_BYTES = 1 << 30
 
 _trusted = False
 
@@ -184,8 +192,8 @@ def load_yml(path: str | os.PathLike[str]) -> Any:
     :param path: a yml file of a folder
     :return: its data, read with :class:`FolderLoader`
     """
-    with open(path) as file:
-        return yaml.load(file, Loader=FolderLoader)  # a SafeLoader
+    content = read_regular(path, "a yml file", MAX_YML_BYTES)  # through the gate: a regular file, under a cap
+    return yaml.load(named_bytes(content, str(path)), Loader=FolderLoader)  # a SafeLoader
 
 
 # --- what the settings name ---------------------------------------------------------------------------------------
@@ -353,14 +361,14 @@ def load_vecnormalize(load_path: str | os.PathLike[str], venv: VecEnv) -> VecNor
     :return: the wrapper, around ``venv``
     :raises UnsafeFolderError: a pickle naming anything else
     """
-    source = str(load_path)
-    with open(load_path, "rb") as file:
-        try:
-            loaded = restricted_load(file, VECNORMALIZE_GLOBALS, source, "the pickle (SB3's VecNormalize statistics)")
-        except UnsafeFileError as error:
-            text = str(error)
-            cut = text.find("nothing from the file was run")
-            raise UnsafeFolderError((text[:cut] if cut >= 0 else text + "; ") + TRUST_HINT) from error
+    cap = memory_cap(MAX_VECNORMALIZE_BYTES)
+    entry = "the pickle (SB3's VecNormalize statistics)"
+    try:  # through the gate: a regular file, under a cap, opened once, unpickled with the allowlist
+        source, loaded = read_pickle(load_path, "a VecNormalize statistics file", cap, entry, VECNORMALIZE_GLOBALS)
+    except UnsafeFileError as error:
+        text = str(error)
+        cut = text.find("nothing from the file was run")
+        raise UnsafeFolderError((text[:cut] if cut >= 0 else text + "; ") + TRUST_HINT) from error
     if type(loaded) is not VecNormalize:
         raise UnsafeFolderError(f"{source}: not the VecNormalize statistics that SB3 saves (a {type(loaded).__name__})")
     shadowed = sorted(name for name in vars(loaded) if callable(getattr(VecNormalize, name, None)))
