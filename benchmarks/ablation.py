@@ -1,67 +1,62 @@
 """
-What each piece of the speed layer (``deep_sarsa.fast``) gains, in both settings of ``benchmarks/throughput.py``
-(docs/speed.md):
+What each piece of the speed layer (``deep_sarsa.fast``) gains, and where the time goes, in the settings of
+``benchmarks/throughput.py`` (docs/speed.md):
 
 * ``--mode runs``: steps/s of whole runs with every piece on, against runs with one piece on PyTorch's plain path
   (``fast.PLAIN``), alternating; the gain is the median ratio - 1, in process CPU time and wall-clock.
 * ``--mode paired``: one run per piece, switched on and off at alternate calls of the phase it speeds up; the time it
   saves is a share of the run's time (both halves see the same machine: its drift cancels).
+* ``--mode profile``: the ``step`` setting, DeepSARSA and DQN, each phase's method wrapped in a timer (about 1 µs a
+  call) inside ``learn()`` after 3000 untimed steps: microseconds per env step (rollout) and per gradient step.
 
     python benchmarks/ablation.py --mode runs --repetitions 3 --steps 10000 --threads 1
     python benchmarks/ablation.py --mode paired --steps 10000 --threads 1 --output benchmarks/results/ablation.md
+    python benchmarks/ablation.py --mode profile --steps 8000 --threads 1 [--next-action stored]
 """
 
 import argparse
+import contextlib
+import functools
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import throughput
 import torch as th
-from throughput import SETTINGS
+from stable_baselines3.common.vec_env import DummyVecEnv
+from throughput import SETTINGS, alternate, cpu_model, write_output
 
-from deep_sarsa import DeepSARSA, fast
+from deep_sarsa import fast
 
 VARIANTS = ["default", *fast.PIECES, "flush_denormal", "all plain"]
 #: The pieces switched at every call, and the phases (DeepSARSA methods) whose calls they speed up
 PAIRED: dict[str, tuple[str, ...]] = {
     "direct_forward": ("train", "_sample_action"),
-    "optimizer_step": ("train",),
-    "zero_grad": ("train",),
-    "clip_grad_norm": ("train",),
-    "target_batching": ("train",),
-    "batched_sampling": ("train",),
+    **dict.fromkeys(["optimizer_step", "zero_grad", "clip_grad_norm", "target_batching", "batched_sampling"], ("train",)),
 }
+#: ``--mode profile``: untimed steps first (learning starts at 1000)
+WARM_STEPS = 3000
 
 
-def cpu_model() -> str:
-    """The CPU's model name, from /proc/cpuinfo where there is one."""
+@contextlib.contextmanager
+def plain(pieces: set[str]) -> Iterator[None]:
+    """``fast.PLAIN`` set to ``pieces`` inside the block."""
+    saved, fast.PLAIN = fast.PLAIN, pieces
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        yield
+    finally:
+        fast.PLAIN = saved
 
 
 def steps_per_second(variant: str, setting: str, steps: int, seed: int, next_action: str = "sampled") -> tuple[float, float]:
     """Env-steps per second (wall-clock, process CPU time) of ``learn(steps)`` with ``variant`` on the plain path."""
-    plain = set(fast.PIECES) if variant == "all plain" else {variant} & set(fast.PIECES)
-    kwargs: dict[str, Any] = dict(SETTINGS[setting], seed=seed, device="cpu")
-    kwargs["flush_denormal"] = variant not in ("flush_denormal", "all plain")
-    saved = fast.PLAIN
-    fast.PLAIN = plain
-    try:
-        model = DeepSARSA("MlpPolicy", "CartPole-v1", next_action=next_action, **kwargs)  # type: ignore[arg-type]
-        start, start_cpu = time.perf_counter(), time.process_time()
-        model.learn(steps)
-        return model.num_timesteps / (time.perf_counter() - start), model.num_timesteps / (time.process_time() - start_cpu)
-    finally:
-        fast.PLAIN = saved
+    with plain(set(fast.PIECES) if variant == "all plain" else {variant} & set(fast.PIECES)):
+        flush = variant not in ("flush_denormal", "all plain")
+        return throughput.steps_per_second(f"sarsa-{next_action}", setting, steps, seed, flush_denormal=flush)
 
 
 def alternating(function: Callable[..., Any], piece: str, times: dict[bool, list[float]]) -> Callable[..., Any]:
@@ -69,16 +64,14 @@ def alternating(function: Callable[..., Any], piece: str, times: dict[bool, list
     calls = [0]
 
     def timed(*args: Any, **kwargs: Any) -> Any:
-        plain = calls[0] % 2 == 1
+        is_plain = calls[0] % 2 == 1
         calls[0] += 1
-        saved = fast.PLAIN
-        fast.PLAIN = {piece} if plain else set()
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            times[plain].append(time.perf_counter() - start)
-            fast.PLAIN = saved
+        with plain({piece} if is_plain else set()):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                times[is_plain].append(time.perf_counter() - start)
 
     return timed
 
@@ -89,7 +82,7 @@ def paired_saving(piece: str, setting: str, steps: int, seed: int, next_action: 
 
     :return: the saving as a fraction of the run's time with the piece on, and the run's env-steps/s
     """
-    model = DeepSARSA("MlpPolicy", "CartPole-v1", next_action=next_action, seed=seed, device="cpu", **SETTINGS[setting])  # type: ignore[arg-type]
+    model = throughput.make_model(f"sarsa-{next_action}", setting, seed)
     model.learn(int(SETTINGS[setting]["learning_starts"]) + 500)  # warm: past learning_starts, a few updates done
     phases: dict[str, dict[bool, list[float]]] = {phase: {False: [], True: []} for phase in PAIRED[piece]}
     for phase, times in phases.items():
@@ -107,6 +100,55 @@ def paired_saving(piece: str, setting: str, steps: int, seed: int, next_action: 
     return saved / with_piece, steps / with_piece
 
 
+def timer(function: Callable[..., Any], totals: dict[str, float], label: str) -> Callable[..., Any]:
+    """``function``, adding the time spent in it to ``totals[label]``."""
+
+    @functools.wraps(function)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals[label] = totals.get(label, 0.0) + time.perf_counter() - start
+
+    return timed
+
+
+def profile(algorithm: str, next_action: str, warm_steps: int, steps: int) -> str:
+    """Train ``warm_steps`` untimed, then ``steps`` with every phase timed (the ``step`` setting); the table as text."""
+    model = throughput.make_model("dqn" if algorithm == "dqn" else f"sarsa-{next_action}", "step", seed=0)
+    model.learn(warm_steps)
+    totals: dict[str, float] = {}
+    rollout = ["collect_rollouts", "_sample_action", "_store_transition", "_on_step"]
+    for name in rollout + (["train"] if algorithm == "dqn" else ["train", "_sample", "_td_target"]):
+        setattr(model, name, timer(getattr(model, name), totals, name))
+    assert isinstance(model.env, DummyVecEnv)
+    model.env.step_wait = timer(model.env.step_wait, totals, "env step (DummyVecEnv.step_wait)")  # type: ignore[method-assign]
+    # DeepSARSA calls the optimizer's step and the clipping through deep_sarsa.fast
+    backward, step, clip = th.Tensor.backward, fast.optimizer_step, fast.clip_grad_norm
+    if algorithm == "dqn":
+        model.policy.optimizer.step = timer(model.policy.optimizer.step, totals, "optimizer step")  # type: ignore[method-assign]
+    else:
+        fast.optimizer_step, fast.clip_grad_norm = (
+            timer(step, totals, "optimizer step"),
+            timer(clip, totals, "gradient clipping"),
+        )
+    th.Tensor.backward = timer(backward, totals, "backward")  # type: ignore[method-assign]
+    updates = model._n_updates
+    try:
+        model.learn(steps, reset_num_timesteps=False)
+    finally:
+        th.Tensor.backward = backward  # type: ignore[method-assign]
+        fast.optimizer_step, fast.clip_grad_norm = step, clip
+    gradient_steps = model._n_updates - updates
+    name = "SB3 DQN" if algorithm == "dqn" else f"DeepSARSA ({next_action})"
+    lines = [f"\n{name}: {steps} env steps, {gradient_steps} gradient steps"]
+    for label, seconds in totals.items():
+        per, unit = (steps, "env step") if label in rollout or label.startswith("env") else (gradient_steps, "gradient step")
+        lines.append(f"  {label:35s} {seconds / per * 1e6:8.1f} µs per {unit}")
+    return "\n".join(lines)
+
+
 def describe(args: argparse.Namespace, mode: str) -> str:
     """The line above a table: what ran, on which machine."""
     return (
@@ -118,13 +160,11 @@ def describe(args: argparse.Namespace, mode: str) -> str:
 
 def main_paired(args: argparse.Namespace) -> str:
     """Run the paired measurement of every call-switched piece; return the markdown table."""
-    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for repetition in range(args.repetitions):
-        for setting in args.settings:
-            for piece in args.pieces:
-                saving, rate = paired_saving(piece, setting, args.steps, seed=repetition, next_action=args.next_action)
-                results.setdefault((setting, piece), []).append((saving, rate))
-                print(f"rep {repetition} {setting:>5} {piece:>16}: saves {saving:+.1%} ({rate:.0f} steps/s)", flush=True)
+
+    def run(piece: str, setting: str, seed: int) -> tuple[float, float]:
+        return paired_saving(piece, setting, args.steps, seed, next_action=args.next_action)
+
+    results = alternate(args, args.pieces, run, "saves {:+.1%} ({:.0f} steps/s)")
     lines = [
         describe(args, "paired calls"),
         "",
@@ -139,36 +179,13 @@ def main_paired(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["runs", "paired"], default="runs")
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--pieces", nargs="+", default=list(PAIRED), choices=list(PAIRED), help="--mode paired: these only")
-    parser.add_argument("--next-action", default="sampled", choices=["sampled", "expected", "stored"])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--output", type=Path, default=None, help="write the markdown table here")
-    args = parser.parse_args()
-    if args.threads is not None:
-        th.set_num_threads(args.threads)
-    text = main_runs(args) if args.mode == "runs" else main_paired(args)
-    print(text)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-
-
 def main_runs(args: argparse.Namespace) -> str:
     """Run the whole-run measurement of every piece; return the markdown table."""
-    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for repetition in range(args.repetitions):
-        for setting in args.settings:
-            for variant in VARIANTS:  # alternate, so that drifts in machine speed hit every row alike
-                wall, cpu = steps_per_second(variant, setting, args.steps, seed=repetition, next_action=args.next_action)
-                results.setdefault((setting, variant), []).append((wall, cpu))
-                print(f"rep {repetition} {setting:>5} {variant:>16}: {wall:6.0f} steps/s wall, {cpu:6.0f} CPU", flush=True)
 
+    def run(variant: str, setting: str, seed: int) -> tuple[float, float]:
+        return steps_per_second(variant, setting, args.steps, seed, next_action=args.next_action)
+
+    results = alternate(args, VARIANTS, run, "{:6.0f} steps/s wall, {:6.0f} CPU")
     lines = [
         describe(args, "whole runs"),
         "",
@@ -187,6 +204,26 @@ def main_runs(args: argparse.Namespace) -> str:
                 f"| {setting} | {name} | {statistics.median(rate[1] for rate in rates):.0f} | {gains[0]} | {gains[1]} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["runs", "paired", "profile"], default="runs")
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--pieces", nargs="+", default=list(PAIRED), choices=list(PAIRED), help="--mode paired: these only")
+    parser.add_argument("--next-action", default="sampled", choices=["sampled", "expected", "stored"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--output", type=Path, default=None, help="write the markdown table here")
+    args = parser.parse_args()
+    if args.threads is not None:
+        th.set_num_threads(args.threads)
+    if args.mode == "profile":
+        text = "\n".join(profile(algorithm, args.next_action, WARM_STEPS, args.steps) for algorithm in ("deep_sarsa", "dqn"))
+    else:
+        text = main_runs(args) if args.mode == "runs" else main_paired(args)
+    write_output(args.output, text)
 
 
 if __name__ == "__main__":

@@ -35,22 +35,22 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from deep_sarsa import DeepSARSA
-from deep_sarsa.files import atomic_path
+from deep_sarsa.atomic import atomic_path
 from deep_sarsa.masking import toy_text_action_mask
 from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR, NEXT_ACTIONS, RL_ZOO_DQN, preset, rl_zoo_dqn
 from deep_sarsa.wrappers import TimeLimitAsTermination
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ablation import cpu_model
+from throughput import cpu_model
 
 RUNS = Path(__file__).parent / "runs"
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
-#: also runnable: DeepSARSA with DQN's Huber loss, the package's preset and its per-variant presets
+#: also runnable: DeepSARSA with DQN's Huber loss, the package's presets, and #31's diagnosis (docs/diagnosis.md): a'
+#: (or its probabilities) picked by the target network
 EXTRA_ALGORITHMS = [*(f"sarsa-{v}-huber" for v in NEXT_ACTIONS), "sarsa-preset", *(f"sarsa-preset-{v}" for v in NEXT_ACTIONS)]
-#: #31's diagnosis (docs/diagnosis.md): a' (or its probabilities) picked by the target network
 EXTRA_ALGORITHMS += ["sarsa-sampled-targetpick", "sarsa-expected-targetpick"]
-#: the lecture's own setting (the notebook's DeepSARSA only, one seed; its models are kept for
-#: examples/mountain_car_lecture.py), the second with the 200-step limit taken as termination
+#: the lecture's own setting (its DeepSARSA only, one seed, the models kept for examples/mountain_car_lecture.py), the
+#: second with the 200-step limit taken as termination
 LECTURE_TASKS = ["MountainCar-v0-lecture", "MountainCar-v0-lecture-timeout-terminal"]
 _LECTURE = dict(steps=500_000, eval_freq=50_000, reference="lecture's notebook", algorithms=["sarsa-sampled"], save_model=True)
 #: Each task's budget, evaluation frequency and reference (classic control: rl-zoo's DQN budgets and results)
@@ -63,8 +63,8 @@ TASKS: dict[str, dict[str, Any]] = {
     "CliffWalking-v1": dict(steps=60_000, eval_freq=6_000, reference="greedy path: -13 along the edge, -15/-17 safe"),
     **dict.fromkeys(LECTURE_TASKS, _LECTURE),
 }
-#: Taxi and CliffWalking have no rl-zoo DQN entry: both algorithms get these hand-set Q-table entries (the package's
-#: first presets of the two tasks), fixed here so that tuning a preset leaves DQN's and the grid's runs as they were.
+#: Taxi and CliffWalking have no rl-zoo DQN entry: both algorithms get these Q-table entries (the package's first
+#: presets of the two tasks), fixed here so that tuning a preset leaves DQN's and the grid's runs as they were.
 _Q_TABLE: dict[str, Any] = dict(buffer_size=50_000, learning_starts=1000, gamma=0.99, target_update_interval=500)
 _Q_TABLE.update(train_freq=1, gradient_steps=1, exploration_fraction=0.5, policy_kwargs=dict(net_arch=[]))
 HAND_SET: dict[str, dict[str, Any]] = {
@@ -73,6 +73,9 @@ HAND_SET: dict[str, dict[str, Any]] = {
         _Q_TABLE, learning_rate=0.05, batch_size=64, exploration_initial_eps=1.0, exploration_final_eps=0.1
     ),
 }
+Job = tuple[str, str, int, int]
+#: a job function: (task, algorithm, seed, evaluation episodes) -> result (tests give a fast fake one)
+JobFunction = Callable[[str, str, int, int], dict[str, Any]]
 
 
 def make_env(task: str) -> gym.Env:
@@ -92,8 +95,7 @@ def hyperparameters_of(task: str) -> dict[str, Any]:
         return {key: value for key, value in LECTURE_MOUNTAIN_CAR.items() if key not in ("next_action", "loss")}
     if task in RL_ZOO_DQN:
         return rl_zoo_dqn(task)
-    entry = HAND_SET[task]
-    return {**entry, "policy_kwargs": dict(entry["policy_kwargs"])}
+    return {**HAND_SET[task], "policy_kwargs": dict(HAND_SET[task]["policy_kwargs"])}
 
 
 class PickByTarget(DeepSARSA):
@@ -118,10 +120,8 @@ class Evaluate(BaseCallback):
         self.env.reset(seed=seed)
         self.eval_freq, self.episodes = eval_freq, episodes
         self.curve: list[tuple[int, float, float]] = []
-        #: the training wall-clock seconds (evaluations left out) at each evaluation of ``curve``
-        self.curve_seconds: list[float] = []
-        self.seconds = 0.0
-        self.started = time.perf_counter()
+        self.curve_seconds: list[float] = []  # the training seconds (evaluations left out) at each evaluation
+        self.seconds, self.started = 0.0, time.perf_counter()
 
     def _on_training_start(self) -> None:
         self.started = time.perf_counter()
@@ -146,8 +146,7 @@ def job_path(runs: Path, task: str, algorithm: str, seed: int) -> Path:
 def train_job(task: str, algorithm: str, seed: int, episodes: int) -> dict[str, Any]:
     """Train and evaluate one (task, algorithm, seed); its result (with ``model_zip``, bytes, where the task keeps it)."""
     th.set_num_threads(1)  # one job per core
-    settings = TASKS[task]
-    hyperparameters = hyperparameters_of(task)
+    settings, hyperparameters = TASKS[task], hyperparameters_of(task)
     if algorithm == "dqn":
         model: DQN | DeepSARSA = DQN("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
     elif algorithm.startswith("sarsa-preset"):
@@ -188,8 +187,7 @@ def train_job(task: str, algorithm: str, seed: int, episodes: int) -> dict[str, 
 def write_result(runs: Path, result: dict[str, Any]) -> Path:
     """Write a job's result as its JSON file in ``runs`` (whole or not at all), its model beside it; return the path."""
     path = job_path(runs, result["task"], result["algorithm"], result["seed"])
-    model_zip = result.pop("model_zip", None)
-    if model_zip is not None:
+    if (model_zip := result.pop("model_zip", None)) is not None:
         with atomic_path(path.with_suffix(".zip")) as temporary:
             temporary.write_bytes(model_zip)
     with atomic_path(path) as temporary:
@@ -199,8 +197,7 @@ def write_result(runs: Path, result: dict[str, Any]) -> Path:
 
 def run_job(job: tuple[str, str, int, int, Path]) -> Path:
     """Train and evaluate one (task, algorithm, seed, evaluation episodes, runs folder) here; write its JSON."""
-    task, algorithm, seed, episodes, runs = job
-    return write_result(runs, train_job(task, algorithm, seed, episodes))
+    return write_result(job[4], train_job(*job[:4]))
 
 
 def _commit(folder: Path = Path(__file__).parent) -> str:
@@ -217,10 +214,6 @@ def _commit(folder: Path = Path(__file__).parent) -> str:
 
 CODE_COMMIT = _commit()  # read at import: a worker records the code it runs
 
-Job = tuple[str, str, int, int]
-#: a job function: (task, algorithm, seed, evaluation episodes) -> result (tests give a fast fake one)
-JobFunction = Callable[[str, str, int, int], dict[str, Any]]
-
 
 def jobs_of(args: argparse.Namespace) -> list[Job]:
     """The (task, algorithm, seed, evaluation episodes) jobs of a grid, in order."""
@@ -233,7 +226,7 @@ def jobs_of(args: argparse.Namespace) -> list[Job]:
     ]
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
+def positive(kind: type) -> Callable[[str], Any]:
     """An argparse type: a positive ``kind`` (int or float)."""
 
     def parse(text: str) -> Any:
@@ -262,7 +255,6 @@ def finished_here(runs: Path, jobs: Sequence[Job]) -> set[Job]:
 
 
 def describe(job: Job) -> str:
-    """A job as its task, algorithm and seed."""
     return f"{job[0]} {job[1]} seed {job[2]}"
 
 
@@ -284,14 +276,12 @@ def cluster(scheduler: str | None, workers: int | None) -> Iterator[Any]:
         with client:
             yield client
         return
+    options = dict(
+        threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, env={"OMP_NUM_THREADS": "1"}
+    )
+    # the scheduler's HTTP server (no dashboard) on a free loopback port
     local = LocalCluster(
-        n_workers=workers or os.cpu_count() or 1,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP server (no dashboard) on a free loopback port
-        env={"OMP_NUM_THREADS": "1"},
+        n_workers=workers or os.cpu_count() or 1, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, **options
     )
     with local, Client(local) as client:
         yield client
@@ -327,13 +317,9 @@ def grid(args: argparse.Namespace, job: JobFunction | None = None) -> int:
                 final = f"final return {result['curve'][-1][1]:.1f}, " if result.get("curve") else ""
                 done = f"{final}{result['train_seconds']:.0f} s training: {path}"
                 print(f"[{count}/{len(todo)}] {describe(futures[future])}: {done}", flush=True)
-    print(
-        f"{len(jobs) - len(failed)} of {len(jobs)} jobs done ({len(finished)} before, {len(todo) - len(failed)} now)"
-        + (f", {len(failed)} failed (the same command runs them again):" if failed else ""),
-        *(f"\n  {line}" for line in failed),
-        sep="",
-        flush=True,
-    )
+    summary = f"{len(jobs) - len(failed)} of {len(jobs)} jobs done ({len(finished)} before, {len(todo) - len(failed)} now)"
+    summary += f", {len(failed)} failed (the same command runs them again):" if failed else ""
+    print(summary, *(f"\n  {line}" for line in failed), sep="", flush=True)
     return 1 if failed else 0
 
 
@@ -404,28 +390,28 @@ def report(args: argparse.Namespace) -> None:
         "| train wall-clock (s) | steps/s | reference |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for task, algorithm in ((task, algorithm) for task in tasks for algorithm in algorithms):
+    for task, algorithm in itertools.product(tasks, algorithms):
         if runs := grouped.get((task, algorithm)):
+            finals, areas = [r["curve"][-1][1] for r in runs], [float(np.mean([p[1] for p in r["curve"]])) for r in runs]
+            seconds, rates = np.median([r["train_seconds"] for r in runs]), np.median([r["steps_per_second"] for r in runs])
             lines.append(
-                f"| {task} | {algorithm} | {len(runs)} | {quartiles([r['curve'][-1][1] for r in runs])} "
-                f"| {quartiles([float(np.mean([point[1] for point in r['curve']])) for r in runs])} "
-                f"| {np.median([r['train_seconds'] for r in runs]):.0f} "
-                f"| {np.median([r['steps_per_second'] for r in runs]):.0f} | {TASKS[task]['reference']} |"
+                f"| {task} | {algorithm} | {len(runs)} | {quartiles(finals)} | {quartiles(areas)} | {seconds:.0f} "
+                f"| {rates:.0f} | {TASKS[task]['reference']} |"
             )
     # One row of panels per task, one panel per DeepSARSA variant, DQN beside it in each
     variants = [a for a in algorithms if a != "dqn"]
     plot, axes = figure(max(len(tasks), 1), max(len(variants), 1), 4 * max(len(variants), 1))
     for (row, task), (column, variant) in itertools.product(enumerate(tasks), enumerate(variants)):
-        axis = axes[row][column]
         if (task, variant) not in grouped:
-            axis.axis("off")  # this variant did not run on this task
+            axes[row][column].axis("off")  # this variant did not run on this task
             continue
         for algorithm in (a for a in ("dqn", variant) if (task, a) in grouped):
             runs = grouped[task, algorithm]
             steps = [point[0] for point in runs[0]["curve"]]
             curves = np.array([[point[1] for point in r["curve"]] for r in runs if len(r["curve"]) == len(steps)])
-            plot_band(axis, steps, curves, f"{algorithm} (median, {len(curves)} seeds)")
-        label(axis, f"{task}: {variant}", "env steps", "mean return, IQR band")
+            plot_band(axes[row][column], steps, curves, f"{algorithm} (median, {len(curves)} seeds)")
+        label(axes[row][column], f"{task}: {variant}", "env steps", "mean return, IQR band")
+    lecture, other = [t for t in tasks if t in LECTURE_TASKS], [t for t in tasks if t not in LECTURE_TASKS]
     text = [
         "# Learning quality: DeepSARSA vs SB3 DQN",
         "",
@@ -439,38 +425,17 @@ def report(args: argparse.Namespace) -> None:
         "",
         f"Machine: {next(iter(grouped.values()))[0]['machine'] if grouped else ''}.",
         "",
-        "Reproduce: `python benchmarks/harness.py grid --tasks "
-        + " ".join(task for task in tasks if task not in LECTURE_TASKS)
-        + " --seeds 5 --workers 2`, `python benchmarks/harness.py grid --tasks "
-        + " ".join(task for task in tasks if task in LECTURE_TASKS)
-        + " --seeds 1` (20 minutes a run), then `python benchmarks/harness.py report`.",
+        f"Reproduce: `python benchmarks/harness.py grid --tasks {' '.join(other)} --seeds 5 --workers 2`, "
+        f"`python benchmarks/harness.py grid --tasks {' '.join(lecture)} --seeds 1` (20 minutes a run), "
+        "then `python benchmarks/harness.py report`.",
     ]
     write_report(args.output, "\n".join(text) + "\n", plot)
-
-
-def main(argv: Sequence[str] | None = None, job: JobFunction | None = None) -> int:
-    """The command line (``job``: the grid's job function, :func:`train_job` by default)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    grid_parser = commands.add_parser("grid", help="run the grid's jobs that have no result yet, on a Dask cluster")
-    grid_parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    grid_parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS + EXTRA_ALGORITHMS)
-    grid_parser.add_argument("--seeds", type=_positive(int), default=5)
-    grid_parser.add_argument("--episodes", type=_positive(int), default=20, help="evaluation episodes")
-    add_cluster_options(grid_parser)
-    grid_parser.add_argument("--retries", type=int, default=1, help="runs again of a job that raised (default 1)")
-    report_parser = commands.add_parser("report", help="aggregate the results into a table and plots")
-    report_parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "learning.md")
-    for command in (grid_parser, report_parser):
-        command.add_argument("--runs", type=Path, default=RUNS)
-    args = parser.parse_args(argv)
-    return run_command(parser, args, lambda: grid(args, job) if args.command == "grid" else report(args))
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     """``--workers`` (a local cluster) or ``--scheduler`` (a running one)."""
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive(int), help="worker processes of the local cluster (default: one per core)")
+    where.add_argument("--workers", type=positive(int), help="worker processes of the local cluster (default: one per core)")
     where.add_argument("--scheduler", help="the address of a running Dask scheduler, e.g. tcp://HOST:8786, instead")
 
 
@@ -482,6 +447,25 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, comma
         parser.exit(2 if isinstance(error, ValueError) else 1, f"{parser.prog} {args.command}: error: {error}\n")
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: Sequence[str] | None = None, job: JobFunction | None = None) -> int:
+    """The command line (``job``: the grid's job function, :func:`train_job` by default)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    grid_parser = commands.add_parser("grid", help="run the grid's jobs that have no result yet, on a Dask cluster")
+    grid_parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    grid_parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS + EXTRA_ALGORITHMS)
+    grid_parser.add_argument("--seeds", type=positive(int), default=5)
+    grid_parser.add_argument("--episodes", type=positive(int), default=20, help="evaluation episodes")
+    add_cluster_options(grid_parser)
+    grid_parser.add_argument("--retries", type=int, default=1, help="runs again of a job that raised (default 1)")
+    report_parser = commands.add_parser("report", help="aggregate the results into a table and plots")
+    report_parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "learning.md")
+    for command in (grid_parser, report_parser):
+        command.add_argument("--runs", type=Path, default=RUNS)
+    args = parser.parse_args(argv)
+    return run_command(parser, args, lambda: grid(args, job) if args.command == "grid" else report(args))
 
 
 if __name__ == "__main__":

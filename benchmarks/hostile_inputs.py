@@ -16,6 +16,7 @@ import pathlib
 import pickle
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ import time
 import zipfile
 from collections.abc import Callable
 
+CONFIG = "DEEP_SARSA_CONFIG_DIR"  # deep_sarsa.signing.CONFIG_DIR_VARIABLE: the signing key of these runs, not the user's
 GIB, CAP = 2**30, 12 * 2**30  # the address-space cap of each load
 BYTEARRAY_CALL = b"\x80\x04cbuiltins\nbytearray\n\x8a\x05\x00\x00\x00\x80\x02\x85R."  # 32 bytes: bytearray(10 GiB)
 
@@ -50,6 +52,54 @@ def _buffer(folder: pathlib.Path, name: str, change: Callable[[object], None]) -
     change(buffer)
     (folder / name).write_bytes(pickle.dumps(buffer))
     return folder / name
+
+
+def _run(folder: pathlib.Path, run_id: str, steps: int = 200, keep: int = 1) -> None:
+    """A tiny run in ``folder``: its Monitor log in ``monitor/``, checkpointed (``run_id``) into ``checkpoint/``."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from deep_sarsa import DeepSARSA
+    from deep_sarsa.checkpoint import save_checkpoint
+
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=3, monitor_dir=str(folder / "monitor"))
+    model = DeepSARSA("MlpPolicy", env, buffer_size=300, learning_starts=40, batch_size=8, seed=0)
+    for _ in range(keep):
+        model.learn(steps, reset_num_timesteps=False)
+        save_checkpoint(model, folder / "checkpoint", keep=keep, run_id=run_id)
+    env.close()
+
+
+def _files(folder: str) -> dict[str, bytes]:
+    return {str(path): path.read_bytes() for path in sorted(pathlib.Path(folder).rglob("*")) if path.is_file()}
+
+
+def resume_copy() -> str:
+    """(In the worker) resume ``copy``, a copy of ``original``: the outcome, and whether the original was touched."""
+    from deep_sarsa.checkpoint import load_checkpoint
+
+    before, log = _files("original"), pathlib.Path("copy/monitor/0.monitor.csv")
+    size = log.stat().st_size
+    model = load_checkpoint("copy/checkpoint")
+    model.learn(200, reset_num_timesteps=False)
+    model.get_env().close()  # type: ignore[union-attr]
+    touched = "TOUCHED" if _files("original") != before else "untouched"
+    return f"resumed: the copy's log grew by {log.stat().st_size - size} bytes; the original's files {touched}"
+
+
+def train_into_links() -> str:
+    """(In the worker) ``train --output links``, ``links`` holding dangling links out of it: its error, what was written."""
+    from contextlib import redirect_stderr
+
+    from deep_sarsa.cli.parser import main
+
+    error, status = io.StringIO(), None
+    with redirect_stderr(error):
+        try:
+            status = main(["train", "CartPole-v1", "--output", "links", "--timesteps", "100", "--no-progress-bar"])
+        except SystemExit as exit:
+            status = exit.code  # type: ignore[assignment]
+    written = sorted(path.name for path in pathlib.Path("outside").iterdir())
+    return f"exit {status}, written outside the folder: {written or 'nothing'}; {error.getvalue().strip()}"
 
 
 def build(folder: pathlib.Path) -> list[tuple[str, str]]:
@@ -100,6 +150,21 @@ def build(folder: pathlib.Path) -> list[tuple[str, str]]:
     _buffer(folder, "pos.pkl", lambda b: setattr(b, "pos", 10**6))
     _buffer(folder, "action.pkl", lambda b: b.actions.__setitem__((0, 0, 0), 7))  # type: ignore[attr-defined]
     _buffer(folder, "size.pkl", lambda b: setattr(b, "buffer_size", 10**6))
+    _run(folder / "original", "a" * 32)
+    shutil.copytree(folder / "original", folder / "copy")
+    (folder / "links").mkdir()
+    (folder / "outside").mkdir()
+    for name in ("model.zip", "run.json", "best_model.zip"):
+        (folder / "links" / name).symlink_to(folder / "outside" / name)
+    _run(folder / "rolled", "b" * 32, 100, keep=2)  # the older generation copied under the next name
+    old = sorted((folder / "rolled" / "checkpoint").glob("gen-*"))[0]
+    shutil.copytree(old, old.parent / f"gen-00000003-step-{10**6}")
+    _run(folder / "ours", "c" * 32)  # sequence 1; theirs has sequence 2, as ours would be next
+    _run(folder / "theirs", "d" * 32, 150, keep=2)
+    theirs = sorted((folder / "theirs" / "checkpoint").glob("gen-*"))[-1]
+    shutil.copytree(theirs, folder / "ours" / "checkpoint" / theirs.name)
+    (folder / "keys" / "signing.key").mkdir(parents=True, mode=0o700)
+    (folder / "keys").chmod(0o700)
     cli = "sys.exit(main({}))"
     return [
         ("32-byte pickle asking for `bytearray(10 GiB)`, as a replay buffer", buffer.replace("P", "'bytearray.pkl'")),
@@ -123,11 +188,23 @@ def build(folder: pathlib.Path) -> list[tuple[str, str]]:
         ("replay buffer with `pos` past its end", buffer.replace("P", "'pos.pkl'")),
         ("replay buffer with an action outside the space", buffer.replace("P", "'action.pkl'")),
         ("replay buffer whose `buffer_size` is unlike its arrays", buffer.replace("P", "'size.pkl'")),
+        ("`--resume` of a copied run folder (`load_checkpoint`, `learn`)", "sys.exit(H.resume_copy())"),
+        ("`train --output DIR`, DIR holding dangling links `model.zip`, `run.json`, ...", "sys.exit(H.train_into_links())"),
+        ("an older signed generation copied under a newer name", "load_checkpoint('rolled/checkpoint')"),
+        ("a generation of another run copied in", f"load_checkpoint('ours/checkpoint', run_id='{'c' * 32}')"),
+        ("`evaluate --episodes 0`", cli.format("['evaluate', 'good.zip', '--episodes', '0']")),
+        ("`evaluate --seed -1`", cli.format("['evaluate', 'good.zip', '--seed', '-1']")),
+        (
+            "`signing.key` a folder (a signed checkpoint loaded)",
+            f"os.environ['{CONFIG}'] = 'keys'; load_checkpoint('original/checkpoint')",
+        ),
     ]
 
 
 WORKER = """
-import atexit, sys, time
+import atexit, os, sys, time
+sys.path.insert(0, {here!r})
+import hostile_inputs as H
 from deep_sarsa import DeepSARSA
 from deep_sarsa.checkpoint import load_checkpoint
 from deep_sarsa.cli.parser import main
@@ -146,7 +223,7 @@ def measure(folder: str, statement: str, timeout: float) -> None:
     """(In a process of its own) run ``statement`` in a capped child; print its seconds, peak RSS and outcome as JSON."""
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-c", WORKER.format(statement=statement)]
+    command = [sys.executable, "-c", WORKER.format(statement=statement, here=str(pathlib.Path(__file__).resolve().parent))]
     try:
         cap = (CAP, CAP)
         kwargs = dict(cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
@@ -184,6 +261,7 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as directory:
         folder = pathlib.Path(directory)
+        os.environ[CONFIG] = str(folder / "config")
         for label, statement in build(folder):
             result = run(folder, statement, args.timeout)
             load = "-" if result["load"] is None else f"{result['load']:.2f}"

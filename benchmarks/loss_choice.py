@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch as th
+from throughput import write_output
 
 from deep_sarsa.tabular import epsilon_greedy_fixed_points, q_star, q_table, risky_bridge, tabular_deep_sarsa
 
 MDP = risky_bridge()
+VARIANTS, LOSSES = ["sampled", "expected", "stored"], ["mse", "huber"]
 
 
 def run(job: tuple[str, str, int, float, int]) -> dict[str, float | str | int]:
@@ -50,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     (q_pi,) = epsilon_greedy_fixed_points(MDP, args.epsilon)
-    jobs = list(product(["sampled", "expected", "stored"], ["mse", "huber"], range(args.seeds), [args.epsilon], [args.steps]))
+    jobs = list(product(VARIANTS, LOSSES, range(args.seeds), [args.epsilon], [args.steps]))
     start = time.time()
     os.environ["OMP_NUM_THREADS"] = "1"
     with ProcessPoolExecutor(args.workers) as pool:
@@ -67,7 +69,7 @@ def main() -> None:
         "runs choosing the safe route (as Q^π does) |",
         "|---|---|---|---|---|",
     ]
-    for next_action, loss in product(["sampled", "expected", "stored"], ["mse", "huber"]):
+    for next_action, loss in product(VARIANTS, LOSSES):
         rows = [r for r in results if r["next_action"] == next_action and r["loss"] == loss]
         values = np.array([r["q_start_edge"] for r in rows], dtype=float)
         errors = np.array([r["max_error"] for r in rows], dtype=float)
@@ -83,10 +85,7 @@ def main() -> None:
         "",
         f"Reproduce: `python benchmarks/loss_choice.py --seeds {args.seeds} --steps {args.steps} --epsilon {args.epsilon}`",
     ]
-    text = "\n".join(lines) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(text)
+    write_output(args.output, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
+from throughput import write_output
 
 from deep_sarsa import DeepSARSA
 
@@ -77,9 +78,7 @@ def main() -> None:
         f"Reproduce: `python benchmarks/soak.py --steps {args.steps} --buffer-size {args.buffer_size} "
         f"--next-action {args.next_action}`",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_output(args.output, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,25 @@
 """
-Env-steps per second of DeepSARSA (each ``next_action`` variant) and SB3's DQN at identical
-hyperparameters, run alternately in one process, several repetitions.
-
-Settings:
-  * ``zoo``: rl-zoo's CartPole-v1 DQN entry (train_freq 256, gradient_steps 128, batch 64, [256, 256])
-  * ``step``: the same with train_freq 4, gradient_steps 1
+Env-steps per second of DeepSARSA (each ``next_action`` variant) and SB3's DQN at identical hyperparameters, run
+alternately in one process, several repetitions; each run timed in wall-clock (what a user waits) and process CPU time
+(what it costs: with one torch thread, the wall-clock of an idle machine, so it stays meaningful on a shared one).
+Settings: ``zoo``, rl-zoo's CartPole-v1 DQN entry (train_freq 256, gradient_steps 128, batch 64, [256, 256]); ``step``,
+the same with train_freq 4, gradient_steps 1. ``--hash``: a fingerprint of what training computes instead (the SHA-256
+of the parameters after a fixed run of a few settings), to show at two commits that a speed-up changed no bit.
 
     python benchmarks/throughput.py                        # 5 repetitions, 20k steps each
     python benchmarks/throughput.py --repetitions 2 --steps 5000 --threads 1
-
-Each run is timed twice: wall-clock (what a user waits) and the process's CPU time (what it
-costs; with one torch thread it is the wall-clock time of a machine with nothing else to do,
-so it stays meaningful on a shared machine).
+    python benchmarks/throughput.py --hash --steps 6000 --threads 1 [--flush-denormal false]   # seed 1
+    # the same at an older commit, with this script
+    cp benchmarks/throughput.py /tmp && git checkout 3d1215a && python /tmp/throughput.py --hash --steps 6000 --threads 1
 """
 
 import argparse
+import hashlib
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +32,68 @@ from deep_sarsa.presets import rl_zoo_dqn
 ZOO = rl_zoo_dqn("CartPole-v1")
 SETTINGS: dict[str, dict[str, Any]] = {"zoo": ZOO, "step": dict(ZOO, train_freq=4, gradient_steps=1)}
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
+#: ``--hash``'s (setting, next_action) pairs: every variant, both settings
+HASHED = [("step", "sampled"), ("zoo", "expected"), ("step", "stored")]
+Rates = dict[tuple[str, str], list[tuple[float, float]]]
 
 
-def steps_per_second(algorithm: str, setting: str, steps: int, seed: int) -> tuple[float, float]:
-    """Env-steps per second of wall-clock time and of process CPU time, for one ``learn(steps)``."""
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def write_output(output: Path | None, text: str) -> None:
+    """Print ``text``; write it to ``output`` too, where given."""
+    print(text)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+
+
+def make_model(algorithm: str, setting: str, seed: int, **keywords: Any) -> DQN | DeepSARSA:
+    """DQN (``"dqn"``) or DeepSARSA (``"sarsa-VARIANT"``, with ``keywords``) on CartPole-v1 in ``setting``."""
     kwargs = dict(SETTINGS[setting], seed=seed, device="cpu")
     if algorithm == "dqn":
-        model: DQN | DeepSARSA = DQN("MlpPolicy", "CartPole-v1", **kwargs)
-    else:
-        model = DeepSARSA("MlpPolicy", "CartPole-v1", next_action=algorithm.split("-")[1], **kwargs)  # type: ignore[arg-type]
+        return DQN("MlpPolicy", "CartPole-v1", **kwargs)
+    return DeepSARSA("MlpPolicy", "CartPole-v1", next_action=algorithm.split("-")[1], **kwargs, **keywords)  # type: ignore[arg-type]
+
+
+def steps_per_second(algorithm: str, setting: str, steps: int, seed: int, **keywords: Any) -> tuple[float, float]:
+    """Env-steps per second of wall-clock time and of process CPU time, for one ``learn(steps)``."""
+    model = make_model(algorithm, setting, seed, **keywords)
     start, start_cpu = time.perf_counter(), time.process_time()
     model.learn(steps)
     return model.num_timesteps / (time.perf_counter() - start), model.num_timesteps / (time.process_time() - start_cpu)
+
+
+def alternate(
+    args: argparse.Namespace, names: Sequence[str], run: Callable[[str, str, int], tuple[float, float]], shown: str
+) -> Rates:
+    """
+    ``run(name, setting, seed)`` for every repetition, setting and name, alternating so that drifts in the machine's
+    speed hit every row alike; each result printed with ``shown`` (a format of its two numbers).
+    """
+    results: Rates = {}
+    for repetition in range(args.repetitions):
+        for setting in args.settings:
+            for name in names:
+                results.setdefault((setting, name), []).append(result := run(name, setting, repetition))
+                print(f"rep {repetition} {setting:>5} {name:>16}: {shown.format(*result)}", flush=True)
+    return results
+
+
+def parameter_hash(setting: str, next_action: str, steps: int, seed: int, flush_denormal: bool) -> str:
+    """The first 16 hex digits of the SHA-256 of the policy's parameters after ``learn(steps)``."""
+    model = make_model(f"sarsa-{next_action}", setting, seed, flush_denormal=flush_denormal)
+    model.learn(steps)
+    digest = hashlib.sha256(b"".join(param.detach().cpu().numpy().tobytes() for param in model.policy.parameters()))
+    return digest.hexdigest()[:16]
 
 
 def main() -> None:
@@ -52,18 +103,22 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--output", type=Path, default=None, help="write the markdown table here")
+    parser.add_argument("--hash", action="store_true", help="print the parameter hashes of a fixed run of each variant")
+    parser.add_argument("--seed", type=int, default=1, help="--hash: the seed (default 1)")
+    parser.add_argument("--flush-denormal", choices=["true", "false"], default="true", help="--hash: DeepSARSA's flag")
     args = parser.parse_args()
     if args.threads is not None:
         th.set_num_threads(args.threads)
+    if args.hash:
+        for setting, next_action in HASHED:
+            digest = parameter_hash(setting, next_action, args.steps, args.seed, args.flush_denormal == "true")
+            print(f"{setting}/{next_action}: {digest}", flush=True)
+        return
 
-    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for repetition in range(args.repetitions):
-        for setting in args.settings:
-            for algorithm in ALGORITHMS:  # alternate, so that drifts in machine speed hit every row alike
-                wall, cpu = steps_per_second(algorithm, setting, args.steps, seed=repetition)
-                results.setdefault((setting, algorithm), []).append((wall, cpu))
-                print(f"rep {repetition} {setting:>5} {algorithm:>15}: {wall:6.0f} steps/s wall, {cpu:6.0f} CPU", flush=True)
+    def run(algorithm: str, setting: str, seed: int) -> tuple[float, float]:
+        return steps_per_second(algorithm, setting, args.steps, seed)
 
+    results = alternate(args, ALGORITHMS, run, "{:6.0f} steps/s wall, {:6.0f} CPU")
     lines = [
         f"{args.steps} steps per run, {args.repetitions} repetitions, torch threads: {th.get_num_threads()}; "
         f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, device cpu.",
@@ -84,11 +139,7 @@ def main() -> None:
                 f"| {setting} | {algorithm} | {statistics.median(walls):.0f} | {min(walls):.0f}–{max(walls):.0f} "
                 f"| {wall_ratio:.2f} | {statistics.median(rate[1] for rate in rates):.0f} | {cpu_ratio:.2f} |"
             )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+    write_output(args.output, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -30,38 +30,25 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.presets import NEXT_ACTIONS, preset
-from deep_sarsa.zoo.sampler import NET_ARCHS, experiment_settings, sample_deep_sarsa_params
+from deep_sarsa.zoo.sampler import NET_ARCHS, convert_deep_sarsa_params, experiment_settings, sample_deep_sarsa_params
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import (
-    LECTURE_TASKS,
-    TASKS,
-    Evaluate,
-    _positive,
-    cluster,
-    cpu_model,
-    hyperparameters_of,
-    make_env,
-    one_line,
-    run_command,
-)
+import harness
+from harness import TASKS, Evaluate, hyperparameters_of, make_env, positive
 
 STUDIES = Path(__file__).parent / "studies"
 RESULTS = Path(__file__).parent / "results"
-#: the tasks a study can tune (the lecture's settings are fixed: not tuned)
-TUNABLE_TASKS = [task for task in TASKS if task not in LECTURE_TASKS]
-#: tuning seeds are TUNING_SEED_BASE + 0, 1, ...: the harness's grid (the validation) uses seeds 0, 1, ...
+TUNABLE_TASKS = [task for task in TASKS if task not in harness.LECTURE_TASKS]  # the lecture's settings are fixed
+#: tuning seeds are TUNING_SEED_BASE + 0, 1, ...: the grid and the validation use seeds 0, 1, ...
 TUNING_SEED_BASE = 1000
-#: a seed's score: the mean of this last fraction of its evaluations
 LAST_FRACTION = 0.2
 OBJECTIVE = "worst seed's mean of its last 20% of evaluations"
-#: ``--objective``: what a seed's score is (the study keeps the description, so a study is not resumed with another)
+#: ``--objective``: a seed's score (the study keeps the description: it is not resumed with another)
 OBJECTIVES = {"last-20%": OBJECTIVE, "area": "worst seed's area under the curve (the mean of all its evaluations)"}
 PRUNE_STARTUP_TRIALS, FINISHED = 5, (TrialState.COMPLETE, TrialState.PRUNED)
-#: ``--next-action``'s value in a study's settings where its trials sample the variant (every study before the option)
+#: a study's ``next_action`` where its trials sample the variant (every study from before ``--next-action``)
 ANY_NEXT_ACTION = "any"
-#: failed trials that stop a worker (one that fails every time, a broken env, would fail forever); retries of a trial
-#: whose worker died
+#: failed trials that stop a worker (a broken env would fail forever); retries of a trial whose worker died
 FAILURES, RETRIES = 3, 2
 
 
@@ -80,11 +67,9 @@ def area_under_curve(curve: Sequence[Sequence[float]]) -> float:
 
 def seed_score(curve: Sequence[Sequence[float]], objective: str = OBJECTIVE) -> float:
     """A seed's score under ``objective`` (a description of :data:`OBJECTIVES`)."""
-    if objective == OBJECTIVES["area"]:
-        return area_under_curve(curve)
-    if objective == OBJECTIVE:
-        return last_fraction_mean(curve)
-    raise ValueError(f"objective: {objective!r} is none of {list(OBJECTIVES.values())}")
+    if objective not in OBJECTIVES.values():
+        raise ValueError(f"objective: {objective!r} is none of {list(OBJECTIVES.values())}")
+    return area_under_curve(curve) if objective == OBJECTIVES["area"] else last_fraction_mean(curve)
 
 
 def objective_of(curves: Sequence[Sequence[Sequence[float]]], objective: str = OBJECTIVE) -> float:
@@ -104,7 +89,7 @@ def train_seed(
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
-    """The study's settings (its budget and evaluation), stored as the study's user attributes."""
+    """The study's settings (budget, evaluation, objective, space), kept as its user attributes."""
     task = TASKS[args.task]
     settings = {
         "task": args.task,
@@ -163,20 +148,19 @@ def make_objective(settings: dict[str, Any], prune: bool) -> Callable[[optuna.Tr
     return objective
 
 
-#: ``--space near-preset``: the values each keyword may take around CartPole's preset, rl-zoo's DQN entry (its space
-#: gave most CartPole trials a greedy policy stuck on one action); ``(low, high)`` are ranges, the rest choices. The
-#: learning rate and target update interval are log-uniform; gradient_steps = train_freq * gradient_ratio (>= 1)
+#: ``--space near-preset`` around CartPole's preset (rl-zoo's space gave most CartPole trials a policy stuck on one
+#: action): ``(low, high)`` ranges (learning rate and target update interval log-uniform), the rest choices;
+#: gradient_steps = train_freq * gradient_ratio (>= 1)
 NEAR_PRESET: dict[str, Any] = {
     "next_action": ["sampled", "expected", "stored"],
     **{"learning_rate": (2e-4, 4e-3), "batch_size": [64, 128, 256], "train_freq": [4, 16, 64, 256]},
     **{"gradient_ratio": [0.25, 0.5, 1.0], "target_update_interval": (10, 5000), "gamma": [0.98, 0.99, 0.995]},
     **{"exploration_fraction": (0.05, 0.3), "exploration_final_eps": (0.0, 0.06), "net_arch": ["small", "medium"]},
 }
-#: Per task, the ranges of :data:`NEAR_PRESET` that differ, centred on the task's preset (each keyword within a few
-#: times its value; the preset a point of it). ``buffer_size``: sampled by a study of ``--next-action stored`` only, as
-#: "stored" bootstraps on the action taken when a transition was collected. Taxi and CliffWalking: around the hand-set
-#: entries (``harness.HAND_SET``, Q-tables); tune Taxi with ``--objective area`` (every trial ends at the optimum);
-#: CliffWalking has no study without ``--next-action``: a greedy evaluation would trade its safe path for the edge.
+#: Each task's ranges that differ from :data:`NEAR_PRESET`, around its preset (Taxi and CliffWalking: the hand-set
+#: Q-tables of ``harness.HAND_SET``). ``buffer_size`` is sampled by ``--next-action stored`` studies only ("stored"
+#: bootstraps on the action taken when a transition was collected). docs/tuning.md says why Taxi is tuned with
+#: ``--objective area`` and CliffWalking only per variant.
 NEAR_PRESET_OF: dict[str, dict[str, Any]] = {
     "Acrobot-v1": {
         **{"learning_rate": (1e-4, 3e-3), "train_freq": [1, 4, 16], "gradient_ratio": [0.5, 1.0]},
@@ -226,10 +210,8 @@ def sample_near_preset(
     keywords["learning_rate"] = trial.suggest_float("learning_rate", *space["learning_rate"], log=True)
     keywords["batch_size"] = trial.suggest_categorical("batch_size", space["batch_size"])
     keywords |= {"train_freq": train_freq, "gradient_steps": max(1, int(train_freq * ratio))}
-    keywords["target_update_interval"] = trial.suggest_int(
-        "target_update_interval", *space["target_update_interval"], log=True
-    )
-    keywords["gamma"] = trial.suggest_categorical("gamma", space["gamma"])
+    interval = trial.suggest_int("target_update_interval", *space["target_update_interval"], log=True)
+    keywords |= {"target_update_interval": interval, "gamma": trial.suggest_categorical("gamma", space["gamma"])}
     for key in ("exploration_fraction", "exploration_final_eps"):
         keywords[key] = trial.suggest_float(key, *space[key])
     keywords["policy_kwargs"] = {"net_arch": ARCHS[trial.suggest_categorical("net_arch", space["net_arch"])]}
@@ -280,8 +262,10 @@ def shown(url: str) -> str:
 
 def open_storage(url: str, heartbeat: int | None = None, must_exist: bool = False) -> optuna.storages.RDBStorage:
     """
-    The study storage of ``--storage``: for the workers (``heartbeat``: seconds between a running trial's heartbeats)
-    with Optuna's retry of a trial whose worker died, else for reading (``must_exist``: refuse a missing SQLite file).
+    The study storage of ``--storage``.
+
+    :param heartbeat: for the workers: seconds between a running trial's heartbeats (a dead worker's trial is retried)
+    :param must_exist: refuse a missing SQLite file (reading a study)
     """
     if url.endswith(".log"):
         raise ValueError(f"--storage: journal files have no heartbeat for dead workers; use sqlite:///FILE.db, got {url!r}")
@@ -350,8 +334,8 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, settings: di
 
 def optimize(args: argparse.Namespace) -> int:
     """
-    One worker: ``study.optimize`` on the study (made by :func:`run_study`) until it has ``--trials`` finished trials,
-    ``--minutes`` have passed or :data:`FAILURES` of its trials failed (status 1); run in this process or as a Dask task.
+    One worker, in this process or as a Dask task: ``study.optimize`` until the study has ``--trials`` finished trials,
+    ``--minutes`` have passed or :data:`FAILURES` of its trials failed (status 1).
     """
     os.environ["OMP_NUM_THREADS"] = "1"
     th.set_num_threads(1)
@@ -395,7 +379,7 @@ def run_study(args: argparse.Namespace) -> int:
     else:
         from distributed import as_completed
 
-        with cluster(args.scheduler, args.workers) as client:
+        with harness.cluster(args.scheduler, args.workers) as client:
             workers = args.workers or sum(client.nthreads().values())
             print(f"study {name!r}: {workers} workers on {args.scheduler or 'a local cluster'}", flush=True)
             status = 0
@@ -403,7 +387,7 @@ def run_study(args: argparse.Namespace) -> int:
                 try:
                     status = max(status, future.result())
                 except Exception as error:  # its process died too often (KilledWorker), its storage failed, ...
-                    print(f"a worker failed: {one_line(error)}", flush=True)
+                    print(f"a worker failed: {harness.one_line(error)}", flush=True)
                     status = 1
     states = [trial.state for trial in study.get_trials(deepcopy=False)]
     best = f"; best {study.best_value:.2f} (trial {study.best_trial.number})" if TrialState.COMPLETE in states else ""
@@ -435,7 +419,7 @@ def _seeds(trial: FrozenTrial, key: str = "seed_scores") -> str:
     return ", ".join(f"{score:.1f}" for score in trial.user_attrs.get(key, []))
 
 
-def show(args: argparse.Namespace) -> int:
+def show(args: argparse.Namespace) -> None:
     """Print the study's best trials: objective, per-seed scores and areas, parameters."""
     study = load(args)
     states = [trial.state for trial in study.get_trials(deepcopy=False)]
@@ -445,13 +429,13 @@ def show(args: argparse.Namespace) -> int:
     for trial in best_trials(study, args.top):
         print(f"trial {trial.number}: {trial.value:.2f}  seed scores [{_seeds(trial)}]  areas [{_seeds(trial, 'seed_areas')}]")
         print(f"  {json.dumps(trial.params, sort_keys=True)}")
-    return 0
 
 
-def export(args: argparse.Namespace) -> int:
+def export(args: argparse.Namespace) -> None:
     """Write the study as a markdown table (every trial, best first), with the command, the CPU and the date."""
     study = load(args)
-    trials, attrs = study.get_trials(deepcopy=False), study.user_attrs
+    trials, attrs, name = study.get_trials(deepcopy=False), study.user_attrs, study.study_name
+    task = attrs.get("task")
     keys = sorted({key for trial in trials for key in trial.params})
     ranked = {trial.number: rank for rank, trial in enumerate(best_trials(study, len(trials)))}
     storage = f" --storage '{shown(storage_url(args))}'" if args.storage else ""
@@ -462,7 +446,7 @@ def export(args: argparse.Namespace) -> int:
     options += "" if variant_of(attrs) is None else f" --next-action {variant_of(attrs)}"
     scored = "area under the curve" if objective == "area" else "mean of its last 20% of evaluations"
     lines = [
-        f"# Tuning DeepSARSA on {attrs.get('task')}: study `{study.study_name}`",
+        f"# Tuning DeepSARSA on {task}: study `{name}`",
         "",
         f"Objective: the {attrs.get('objective')} (maximized). Budget: {_budget(study)}.",
         f"{len(trials)} trials; best first. Seed scores: each tuning seed's {scored}; area: the mean of all its evaluations.",
@@ -479,23 +463,33 @@ def export(args: argparse.Namespace) -> int:
         lines += ["", f"Best: trial {best.number}, objective {best.value:.2f}, `{json.dumps(best.params, sort_keys=True)}`."]
     lines += [
         "",
-        f"Reproduce (resume or extend): `python benchmarks/tune.py study --task {attrs.get('task')}{storage} "
-        f"--study-name {study.study_name} --trials {len(trials)} --seeds {len(attrs.get('seeds', []))}{options}`; "
-        f"this table: `python benchmarks/tune.py export --task {attrs.get('task')}{storage} "
-        f"--study-name {study.study_name}`.",
+        f"Reproduce (resume or extend): `python benchmarks/tune.py study --task {task}{storage} --study-name {name} "
+        f"--trials {len(trials)} --seeds {len(attrs.get('seeds', []))}{options}`; "
+        f"this table: `python benchmarks/tune.py export --task {task}{storage} --study-name {name}`.",
         "",
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {th.__version__}. "
+        f"Machine: {harness.cpu_model()}, {os.cpu_count()} cores, torch {th.__version__}. "
         f"Exported {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
     ]
     out = args.out or RESULTS / f"tuning_{args.task}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out} ({len(trials)} trials)")
-    return 0
+
+
+def _converted(
+    trial: FrozenTrial, task: str, steps: int, space: str = "zoo", next_action: str | None = None
+) -> dict[str, Any]:
+    """The trial's DeepSARSA keywords, as its objective built them (``next_action``: the study's ``--next-action``)."""
+    if space == "near-preset":
+        return sample_near_preset(optuna.trial.FixedTrial(trial.params), task, next_action)
+    converted = convert_deep_sarsa_params(trial.params, hyperparameters_of(task).get("policy_kwargs"))
+    if "learning_starts" in trial.user_attrs:
+        converted["learning_starts"] = int(trial.user_attrs["learning_starts"])
+    return converted
 
 
 def _yaml_value(key: str, value: Any) -> str:
-    """``value`` as the presets file writes it."""
+    """``value`` as the presets file writes it (``policy_kwargs``: a literal ``dict(...)`` string)."""
     if isinstance(value, bool | int | str) or value is None:
         return repr(value) if isinstance(value, str) else str(value)
     if isinstance(value, float):
@@ -515,19 +509,18 @@ def preset_entry(study: optuna.Study, next_action: str | None = None) -> str:
     if not best:
         variant = "" if next_action is None else f" with next_action {next_action!r}"
         raise ValueError(f"study {study.study_name!r} has no complete trial{variant} yet")
-    trial = best[0]
-    task, space = str(study.user_attrs["task"]), str(study.user_attrs.get("space", "zoo"))
-    converted = _converted(trial, task, int(study.user_attrs["steps"]), space, variant_of(study.user_attrs))
+    trial, attrs, task = best[0], study.user_attrs, str(study.user_attrs["task"])
+    converted = _converted(trial, task, int(attrs["steps"]), str(attrs.get("space", "zoo")), variant_of(attrs))
     hyperparameters = {**hyperparameters_of(task), **converted}
-    trials = len(study.get_trials(deepcopy=False, states=FINISHED))
-    scores, which = _seeds(trial), f"trial {trial.number}"
-    if next_action is not None and variant_of(study.user_attrs) is None:
+    which = f"trial {trial.number}"
+    if next_action is not None and variant_of(attrs) is None:
         which += f" (its best of the {len(best)} complete trials with next_action {next_action!r})"
     lines = [
         f"{task}:",
-        f"  # found by study {study.study_name!r} (benchmarks/tune.py), {trials} trials, {which}: objective",
-        f"  # {study.user_attrs.get('objective')} = {trial.value:.2f} (seeds {scores}); budget {_budget(study)}",
-        f"  n_timesteps: !!float {float(study.user_attrs['steps']):.4g}",
+        f"  # found by study {study.study_name!r} (benchmarks/tune.py), "
+        f"{len(study.get_trials(deepcopy=False, states=FINISHED))} trials, {which}: objective",
+        f"  # {attrs.get('objective')} = {trial.value:.2f} (seeds {_seeds(trial)}); budget {_budget(study)}",
+        f"  n_timesteps: !!float {float(attrs['steps']):.4g}",
         "  policy: 'MlpPolicy'",
     ]
     entry = preset(task)  # its env's settings
@@ -535,31 +528,11 @@ def preset_entry(study: optuna.Study, next_action: str | None = None) -> str:
         lines.append(f"  env_wrapper: {entry.env_wrapper}")
     if entry.env_kwargs:
         lines += ["  env_kwargs:", *(f"    {k}: {_yaml_value(k, v)}" for k, v in entry.env_kwargs.items())]
-    order = ["next_action", "loss"] + [key for key in hyperparameters if key not in ("next_action", "loss", "policy_kwargs")]
+    order = ["next_action", "loss", *(key for key in hyperparameters if key not in ("next_action", "loss", "policy_kwargs"))]
     lines += [f"  {key}: {_yaml_value(key, hyperparameters[key])}" for key in order]
     if "policy_kwargs" in hyperparameters:
         lines.append(f"  policy_kwargs: {_yaml_value('policy_kwargs', hyperparameters['policy_kwargs'])}")
     return "\n".join(lines) + "\n"
-
-
-def _converted(
-    trial: FrozenTrial, task: str, steps: int, space: str = "zoo", next_action: str | None = None
-) -> dict[str, Any]:
-    """The trial's DeepSARSA keywords, as its objective built them (``next_action``: the study's ``--next-action``)."""
-    from deep_sarsa.zoo.sampler import convert_deep_sarsa_params
-
-    if space == "near-preset":
-        return sample_near_preset(optuna.trial.FixedTrial(trial.params), task, next_action)
-    converted = convert_deep_sarsa_params(trial.params, hyperparameters_of(task).get("policy_kwargs"))
-    if "learning_starts" in trial.user_attrs:
-        converted["learning_starts"] = int(trial.user_attrs["learning_starts"])
-    return converted
-
-
-def print_preset(args: argparse.Namespace) -> int:
-    """Print the best trial (of ``--next-action``'s variant, where given) as a yml entry."""
-    print(preset_entry(load(args), getattr(args, "next_action", None)), end="")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -573,31 +546,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("--task", required=True, choices=TUNABLE_TASKS)
         command.add_argument("--storage", help=storage_help + " (default: sqlite:///benchmarks/studies/TASK.db)")
         command.add_argument("--study-name", help="default: TASK-worst-of-SEEDS[-SPACE unless zoo][-area][-VARIANT]")
-        command.add_argument("--seeds", type=_positive(int), default=3, help="tuning seeds per trial (default 3)")
+        command.add_argument("--seeds", type=positive(int), default=3, help="tuning seeds per trial (default 3)")
         command.add_argument("--space", choices=["zoo", "near-preset"], default="zoo", help="rl-zoo3's, or around the preset")
         command.add_argument("--objective", choices=list(OBJECTIVES), default="last-20%", help="a seed's score")
         command.add_argument("--next-action", choices=NEXT_ACTIONS, help="fix next_action (needs --space near-preset)")
     study = parsers["study"]
-    study.add_argument("--trials", type=_positive(int), required=True, help="finished trials the study should have")
-    study.add_argument("--steps", type=_positive(int), help="budget per seed (default: the harness's for the task)")
-    study.add_argument("--eval-freq", type=_positive(int), help="steps between evaluations (default: the harness's)")
-    study.add_argument("--eval-episodes", type=_positive(int), default=20, help="episodes per evaluation (default 20)")
+    study.add_argument("--trials", type=positive(int), required=True, help="finished trials the study should have")
+    study.add_argument("--steps", type=positive(int), help="budget per seed (default: the harness's for the task)")
+    study.add_argument("--eval-freq", type=positive(int), help="steps between evaluations (default: the harness's)")
+    study.add_argument("--eval-episodes", type=positive(int), default=20, help="episodes per evaluation (default 20)")
     study.add_argument("--no-prune", action="store_true", help="never stop a trial before its last seed")
-    study.add_argument("--minutes", type=_positive(float), help="start no new trial after this many minutes")
-    study.add_argument("--heartbeat", type=_positive(int), default=60, help="seconds; a trial silent twice as long is retried")
+    study.add_argument("--minutes", type=positive(float), help="start no new trial after this many minutes")
+    study.add_argument("--heartbeat", type=positive(int), default=60, help="seconds; a trial silent twice as long is retried")
     where = study.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive(int), help="worker processes (a local Dask cluster; default 1: this one)")
+    where.add_argument("--workers", type=positive(int), help="worker processes (a local Dask cluster; default 1: this one)")
     where.add_argument("--scheduler", help="a Dask scheduler's address: one worker per thread of its cluster")
-    parsers["show"].add_argument("--top", type=_positive(int), default=5, help="how many trials (default 5)")
+    parsers["show"].add_argument("--top", type=positive(int), default=5, help="how many trials (default 5)")
     parsers["export"].add_argument("--out", type=Path, help="default: benchmarks/results/tuning_TASK.md")
     args = parser.parse_args(argv)
-    return run_command(parser, args, lambda: storage_errors(args))
+    return harness.run_command(parser, args, lambda: storage_errors(args))
 
 
-def storage_errors(args: argparse.Namespace) -> int:
+def storage_errors(args: argparse.Namespace) -> int | None:
     """Run ``args.command``; a failed storage (a full disk, a lost connection) is raised as a one-line ConnectionError."""
     try:
-        return {"study": run_study, "show": show, "export": export, "preset": print_preset}[args.command](args)
+        if args.command == "preset":
+            print(preset_entry(load(args), args.next_action), end="")
+            return 0
+        return {"study": run_study, "show": show, "export": export}[args.command](args)
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         # Optuna wraps a failed commit in StorageInternalError: show the cause
         cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ else error

@@ -115,29 +115,24 @@ def table(
 
 def report(args: argparse.Namespace) -> int:
     """``--output``: a table per task that has grid results or studies."""
-    tasks = [
-        task
-        for task in TASKS
-        if task not in LECTURE_TASKS and ((args.runs / task).is_dir() or (args.studies / f"{task}.db").is_file())
-    ]
+    kept = [task for task in TASKS if (args.runs / task).is_dir() or (args.studies / f"{task}.db").is_file()]
     lines = [
         "# Which next_action: every variant per task",
         "",
-        "Built by `python benchmarks/variants.py` from results already kept; nothing is trained. *Grid*: "
-        "`benchmarks/runs` (harness.py), every variant and DQN with the same hyperparameters (rl-zoo's DQN entry; Taxi "
-        "and CliffWalking: harness.HAND_SET), its budget, 5 or 10 seeds (each cell gives the count), the final "
-        "evaluation (20 episodes). *Tuning*: "
-        "every finished trial of the task's studies (`benchmarks/studies/TASK.db`, tune.py), by the `next_action` it "
-        "sampled (or its study fixed: `--next-action`); a variant's best complete trial is the one whose worst tuning "
+        "Built by `python benchmarks/variants.py` from results already kept; nothing is trained. *Grid*: `benchmarks/runs` "
+        "(harness.py), every variant and DQN with the same hyperparameters (rl-zoo's DQN entry; Taxi and CliffWalking: "
+        "harness.HAND_SET), its budget, 5 or 10 seeds (each cell gives the count), the final evaluation (20 episodes). "
+        "*Tuning*: every finished trial of the task's studies (`benchmarks/studies/TASK.db`, tune.py), by the `next_action` "
+        "it sampled (or its study fixed: `--next-action`); a variant's best complete trial is the one whose worst tuning "
         "seed (of 3) scores highest over the last 20% of its evaluations, ties broken by the worst seed's area under the "
-        "curve (the mean of all its evaluations), then by the mean of the seeds' areas (tune.py's order). "
-        "Few trials per variant: a variant's best trial also differs from the others in every other "
-        "hyperparameter, so a gap between variants is evidence, not proof.",
+        "curve (the mean of all its evaluations), then by the mean of the seeds' areas (tune.py's order). Few trials per "
+        "variant: a variant's best trial also differs from the others in every other hyperparameter, so a gap between "
+        "variants is evidence, not proof.",
         "",
     ]
     grid, presets = load(args.runs), load_presets()
     per_variant = {variant: variant_presets(variant) for variant in NEXT_ACTIONS}
-    for task in tasks:
+    for task in (task for task in kept if task not in LECTURE_TASKS):
         lines += table(task, grid, presets, args.studies, per_variant)
     write_report(args.output, "\n".join(lines))
     return 0

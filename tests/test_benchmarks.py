@@ -109,35 +109,30 @@ def test_the_lecture_task_runs_deep_sarsa_only_and_keeps_the_model(tmp_path: Pat
     assert harness.hyperparameters_of("MountainCar-v0-lecture")["target_update_interval"] == (10, "episode")
 
 
-def test_the_speed_scripts_run(capsys: pytest.CaptureFixture[str]) -> None:
-    """The speed scripts (throughput, profile_step, ablation, parameter_hash), a few steps past learning_starts, do not rot."""
-    import profile_step
+def test_the_speed_scripts_run() -> None:
+    """The speed scripts (throughput and its --hash, ablation and its profile), a few steps past learning_starts, run."""
+    import ablation
     import throughput
 
     backward, clip, step = th.Tensor.backward, fast.clip_grad_norm, fast.optimizer_step
     wall, cpu = throughput.steps_per_second("sarsa-stored", "step", 1040, seed=0)
     assert wall > 0 and cpu > 0
-    profile_step.profile("deep_sarsa", "expected", warm_steps=1000, steps=40)
-    profile_step.profile("dqn", "sampled", warm_steps=1000, steps=40)
-    out = capsys.readouterr().out
+    out = ablation.profile("deep_sarsa", "expected", warm_steps=1000, steps=40)
+    out += ablation.profile("dqn", "sampled", warm_steps=1000, steps=40)
     assert "DeepSARSA (expected): 40 env steps, 10 gradient steps" in out and "SB3 DQN: 40 env steps" in out
     assert "_td_target" in out and "optimizer step" in out and "gradient clipping" in out
     assert (
         th.Tensor.backward is backward and fast.clip_grad_norm is clip and fast.optimizer_step is step
     )  # the timers are off again
-    import ablation
-
     for variant in ("all plain", "direct_forward"):
         wall, cpu = ablation.steps_per_second(variant, "zoo", 1040, seed=0)
         assert wall > 0 and cpu > 0 and not fast.PLAIN  # the switches were put back
     saving, rate = ablation.paired_saving("zero_grad", "zoo", 300, seed=0)
     assert -1 < saving < 1 and rate > 0 and not fast.PLAIN
-    assert ablation.cpu_model()
-    import parameter_hash
-
-    digest = parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)
-    assert digest == parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)  # same seed
-    assert digest != parameter_hash.parameter_hash("step", "sampled", steps=1040, seed=1, flush_denormal=True)
+    assert throughput.cpu_model()
+    digest = throughput.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)
+    assert digest == throughput.parameter_hash("step", "sampled", steps=1040, seed=0, flush_denormal=True)  # same seed
+    assert digest != throughput.parameter_hash("step", "sampled", steps=1040, seed=1, flush_denormal=True)
 
 
 def test_a_result_names_the_commit_and_whether_the_code_differed_from_it(tmp_path: Path) -> None:
