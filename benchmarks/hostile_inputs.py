@@ -269,7 +269,8 @@ def main() -> None:
             print(rows[-1], flush=True)
     text = "\n".join(rows) + "\n"
     if args.output is not None:
-        args.output.write_text("# Hostile inputs (issue #35)\n\n" + text)
+        kept = args.output.read_text().split("\nCPU: ")[0] + "\n" if args.output.exists() else "# Hostile inputs\n\n"
+        args.output.write_text(kept + text)  # the intro written by hand above the CPU line stays
     print(text)
 
 
