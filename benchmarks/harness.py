@@ -48,7 +48,13 @@ ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
 #: also runnable: DeepSARSA with DQN's Huber loss, the package's presets, and #31's diagnosis (docs/diagnosis.md): a'
 #: (or its probabilities) picked by the target network
 EXTRA_ALGORITHMS = [*(f"sarsa-{v}-huber" for v in NEXT_ACTIONS), "sarsa-preset", *(f"sarsa-preset-{v}" for v in NEXT_ACTIONS)]
-EXTRA_ALGORITHMS += ["sarsa-sampled-targetpick", "sarsa-expected-targetpick"]
+DIAGNOSIS: dict[str, dict[str, Any]] = {
+    "sarsa-sampled-targetpick": {},  # a' picked by the target network (PickByTarget)
+    "sarsa-expected-targetpick": {},
+    "sarsa-sampled-sync1000": dict(target_update_interval=1000),  # the target synced every 1000 steps, not every 10
+    "sarsa-sampled-clip1": dict(max_grad_norm=1.0),  # gradients clipped at norm 1, not 10
+}
+EXTRA_ALGORITHMS += list(DIAGNOSIS)
 #: the lecture's own setting (its DeepSARSA only, one seed, the models kept for examples/mountain_car_lecture.py), the
 #: second with the 200-step limit taken as termination
 LECTURE_TASKS = ["MountainCar-v0-lecture", "MountainCar-v0-lecture-timeout-terminal"]
@@ -157,6 +163,7 @@ def train_job(task: str, algorithm: str, seed: int, episodes: int) -> dict[str, 
         next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")
         kind = PickByTarget if loss == "targetpick" else DeepSARSA
         keywords: dict[str, Any] = dict(next_action=next_action, loss="huber" if loss == "huber" else "mse", **hyperparameters)
+        keywords.update(DIAGNOSIS.get(algorithm, {}))
         model = kind("MlpPolicy", make_env(task), seed=seed, device="cpu", **keywords)
     evaluate = Evaluate(task, settings["eval_freq"], episodes, seed=10_000 + seed)
     start = time.perf_counter()
