@@ -456,6 +456,37 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, comma
         return 130
 
 
+def curves(args: argparse.Namespace) -> None:
+    """Per seed, each algorithm's curve on ``args.task``, and how steady its end is (docs/diagnosis.md)."""
+    grouped, last, bar = load(args.runs), args.last, args.bar
+    rows = [
+        f"# Per-seed curves on {args.task}\n",
+        f"Evaluations of the greedy policy (mean of 20 episodes) at each step; *end*: the last {last}.\n",
+    ]
+    rows += [
+        f"| algorithm | seeds | final: median [IQR] | seeds ≥ {bar:g} at the end | end evaluations ≥ {bar:g} "
+        f"| mean at the end | seeds that reached {bar:g} and fell below later |"
+    ]
+    rows += ["|---|---:|---:|---:|---:|---:|---:|"]
+    shown = [a for a in ALGORITHMS + EXTRA_ALGORITHMS if (args.task, a) in grouped and a in args.algorithms]
+    for algorithm in shown:
+        values = [[point[1] for point in result["curve"]] for result in grouped[args.task, algorithm]]
+        ends = [v for curve in values for v in curve[-last:]]
+        fell = sum(any(v >= bar for v in c) and min(c[next(i for i, v in enumerate(c) if v >= bar) :]) < bar for c in values)
+        finals = [curve[-1] for curve in values]
+        rows.append(
+            f"| {algorithm} | {len(values)} | {quartiles(finals)} | {sum(v >= bar for v in finals)}/{len(values)} "
+            f"| {sum(v >= bar for v in ends)}/{len(ends)} | {np.mean(ends):.0f} | {fell}/{len(values)} |"
+        )
+    for algorithm in shown:
+        results = grouped[args.task, algorithm]
+        steps = [f"{point[0] // 1000}k" for point in results[0]["curve"]]
+        rows += [f"\n{algorithm}:\n", f"| seed | {' | '.join(steps)} |", "|---" * (len(steps) + 1) + "|"]
+        rows += [f"| {r['seed']} | {' | '.join(f'{point[1]:.0f}' for point in r['curve'])} |" for r in results]
+    command = f"python benchmarks/harness.py curves --task {args.task} --algorithms {' '.join(args.algorithms)}"
+    write_report(args.output, "\n".join(rows) + f"\n\nReproduce: `{command}` (the runs: `harness.py grid`).\n")
+
+
 def main(argv: Sequence[str] | None = None, job: JobFunction | None = None) -> int:
     """The command line (``job``: the grid's job function, :func:`train_job` by default)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -469,10 +500,17 @@ def main(argv: Sequence[str] | None = None, job: JobFunction | None = None) -> i
     grid_parser.add_argument("--retries", type=int, default=1, help="runs again of a job that raised (default 1)")
     report_parser = commands.add_parser("report", help="aggregate the results into a table and plots")
     report_parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "learning.md")
-    for command in (grid_parser, report_parser):
+    curves_parser = commands.add_parser("curves", help="per-seed curves of one task, and how steady each end is")
+    curves_parser.add_argument("--task", default="CartPole-v1", choices=list(TASKS))
+    curves_parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS + EXTRA_ALGORITHMS)
+    curves_parser.add_argument("--last", type=positive(int), default=5, help="evaluations that make the end")
+    curves_parser.add_argument("--bar", type=float, default=475.0, help="the return that counts as solved")
+    curves_parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "diagnosis.md")
+    for command in (grid_parser, report_parser, curves_parser):
         command.add_argument("--runs", type=Path, default=RUNS)
     args = parser.parse_args(argv)
-    return run_command(parser, args, lambda: grid(args, job) if args.command == "grid" else report(args))
+    commands_of = {"grid": lambda: grid(args, job), "report": lambda: report(args), "curves": lambda: curves(args)}
+    return run_command(parser, args, commands_of[args.command])
 
 
 if __name__ == "__main__":
