@@ -157,3 +157,40 @@ def test_a_result_names_the_commit_and_whether_the_code_differed_from_it(tmp_pat
         assert harness._commit(benchmarks) == f"{head}+changes", name
         git("checkout", "-q", "--", name)
     assert harness._commit(tmp_path.parent / "no-such-folder") == "unknown"
+
+
+def test_pick_by_target_with_greedy_a_prime_is_dqns_target() -> None:
+    # #31's diagnosis variant: a' picked (ε = 0) by the target network gives DQN's r + γ·max_a Q_target(s', a)
+    model = harness.PickByTarget("MlpPolicy", "CartPole-v1", learning_starts=0, buffer_size=100, batch_size=16, seed=0)
+    model.learn(40)
+    with th.no_grad():
+        for parameter in model.q_net.parameters():
+            parameter.add_(th.randn_like(parameter))  # the online network now picks other actions than the target's
+    model.exploration_rate = 0.0
+    samples, next_state = model._sample(16)
+    with th.no_grad():
+        target = model._td_target(samples, next_state)
+        best = model.q_net_target(samples.next_observations).max(dim=1, keepdim=True).values
+    expected = samples.rewards + (1 - samples.dones) * model.gamma * best
+    assert th.allclose(target, expected, atol=1e-6)
+    with th.no_grad():
+        online_pick = DeepSARSA._td_target(model, samples, next_state)
+    assert not th.allclose(online_pick, expected)  # the test sees which network picks
+
+
+def test_curves_counts_each_seeds_end(tmp_path: Path) -> None:
+    ends = {0: [100, 500, 500, 500, 500, 500], 1: [100, 500, 500, 100, 500, 100], 2: [100, 100, 100, 100, 100, 480]}
+    for seed, returns in ends.items():
+        curve = [[5000 * (i + 1), float(value), 0.0] for i, value in enumerate(returns)]
+        result = dict(task="CartPole-v1", algorithm="dqn", seed=seed, curve=curve)
+        path = harness.job_path(tmp_path, "CartPole-v1", "dqn", seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+    output = tmp_path / "diagnosis.md"
+    assert (
+        harness.main(["curves", "--algorithms", "dqn", "--last", "5", "--runs", str(tmp_path), "--output", str(output)]) == 0
+    )
+    # finals 500, 100, 480: 2 of 3 at 475 or more; the last 5: 5 + 3 + 1 = 9 of 15, mean (2500 + 1700 + 880) / 15;
+    # seed 1 fell after reaching it
+    assert "| dqn | 3 | 480.0 [290.0, 490.0] | 2/3 | 9/15 | 339 | 1/3 |" in output.read_text()
+    assert "| 2 | 100 | 100 | 100 | 100 | 100 | 480 |" in output.read_text()
