@@ -28,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from older_checkpoint import write_older_checkpoint
 from sb3_contrib.common.wrappers import ActionMasker
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -46,7 +47,6 @@ from deep_sarsa.checkpoint import (
     save_checkpoint,
 )
 from deep_sarsa.masking import toy_text_action_mask
-from deep_sarsa.signing import sign
 
 SMALL = dict(
     learning_starts=40,
@@ -516,19 +516,7 @@ def test_envs_that_cannot_be_saved_are_refused_when_training_starts(tmp_path: Pa
 def test_a_checkpoint_of_the_older_layout_still_loads(tmp_path: Path) -> None:
     """The files directly in the folder, each signed on its own (what deep-sarsa wrote before generations)."""
     model = cartpole(64)
-    model.save(tmp_path / MODEL_FILE)
-    model.save_replay_buffer(tmp_path / BUFFER_FILE)
-    state = {
-        "env": model.get_env(),
-        "numpy": np.random.get_state(),
-        "torch": th.get_rng_state(),
-        "cuda": None,
-        "python": random.getstate(),
-        "action_space": model.action_space.np_random.bit_generator.state,
-    }
-    (tmp_path / STATE_FILE).write_bytes(cloudpickle.dumps(state))
-    for name in (MODEL_FILE, BUFFER_FILE, STATE_FILE):
-        sign(tmp_path / name)
+    state = write_older_checkpoint(model, tmp_path)
     loaded = load_checkpoint(tmp_path)
     assert loaded.num_timesteps == 64 and parameter_hash(loaded) == parameter_hash(model)
     (tmp_path / STATE_FILE).write_bytes(cloudpickle.dumps(state) + b" ")

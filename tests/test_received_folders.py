@@ -15,7 +15,6 @@ import io
 import json
 import os
 import pickle
-import random
 import re
 import shutil
 import stat
@@ -24,11 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import numpy as np
 import pytest
-import torch as th
 import yaml
+from older_checkpoint import write_older_checkpoint
 from stable_baselines3 import DQN
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
@@ -548,19 +546,7 @@ def _older_checkpoint(folder: Path) -> DeepSARSA:
     folder.mkdir()
     model = DeepSARSA("MlpPolicy", make_vec_env(ENV, n_envs=1), buffer_size=100, learning_starts=10, seed=0)
     model.learn(20)
-    model.save(folder / "model.zip")
-    model.save_replay_buffer(folder / "replay_buffer.pkl")
-    state = {
-        "env": model.get_env(),
-        "numpy": np.random.get_state(),
-        "torch": th.get_rng_state(),
-        "cuda": None,
-        "python": random.getstate(),
-        "action_space": model.action_space.np_random.bit_generator.state,
-    }
-    (folder / STATE_FILE).write_bytes(cloudpickle.dumps(state))
-    for name in ("model.zip", "replay_buffer.pkl", STATE_FILE):
-        sign(folder / name)
+    write_older_checkpoint(model, folder)
     return model
 
 
