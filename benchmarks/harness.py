@@ -456,6 +456,12 @@ def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, comma
         return 130
 
 
+def fell_after_reaching(curve: Sequence[float], bar: float) -> bool:
+    """Whether ``curve`` reached ``bar`` and was below it at a later evaluation."""
+    first = next((i for i, value in enumerate(curve) if value >= bar), None)
+    return first is not None and min(curve[first:]) < bar
+
+
 def curves(args: argparse.Namespace) -> None:
     """Per seed, each algorithm's curve on ``args.task``, and how steady its end is (docs/diagnosis.md)."""
     grouped, last, bar = load(args.runs), args.last, args.bar
@@ -472,7 +478,7 @@ def curves(args: argparse.Namespace) -> None:
     for algorithm in shown:
         values = [[point[1] for point in result["curve"]] for result in grouped[args.task, algorithm]]
         ends = [v for curve in values for v in curve[-last:]]
-        fell = sum(any(v >= bar for v in c) and min(c[next(i for i, v in enumerate(c) if v >= bar) :]) < bar for c in values)
+        fell = sum(fell_after_reaching(curve, bar) for curve in values)
         finals = [curve[-1] for curve in values]
         rows.append(
             f"| {algorithm} | {len(values)} | {quartiles(finals)} | {sum(v >= bar for v in finals)}/{len(values)} "
