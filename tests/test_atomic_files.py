@@ -1,5 +1,5 @@
 """
-``save`` and ``save_replay_buffer`` are atomic (deep_sarsa.files.atomic_path): threads and processes
+``save`` and ``save_replay_buffer`` are atomic (deep_sarsa.atomic.atomic_path): threads and processes
 saving one path, permission bits, symbolic links, the temporary files of killed processes, a full
 disk (a real 2 MB tmpfs where it can be mounted, else a writer failing with ENOSPC) and SIGKILL.
 """
