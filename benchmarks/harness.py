@@ -10,6 +10,7 @@ skipped: the same command resumes). Details: docs/benchmarks.md.
 
 import argparse
 import contextlib
+import copy
 import io
 import itertools
 import json
@@ -33,6 +34,7 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.utils import polyak_update
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.atomic import atomic_path
@@ -53,6 +55,7 @@ DIAGNOSIS: dict[str, dict[str, Any]] = {
     "sarsa-expected-targetpick": {},
     "sarsa-sampled-sync1000": dict(target_update_interval=1000),  # the target synced every 1000 steps, not every 10
     "sarsa-sampled-clip1": dict(max_grad_norm=1.0),  # gradients clipped at norm 1, not 10
+    "sarsa-sampled-averagepick": {},  # a' picked by a slowly moving average of the online network (PickByAverage)
 }
 EXTRA_ALGORITHMS += list(DIAGNOSIS)
 #: the lecture's own setting (its DeepSARSA only, one seed, the models kept for examples/mountain_car_lecture.py), the
@@ -117,6 +120,28 @@ class PickByTarget(DeepSARSA):
             self._online_forward = online
 
 
+class PickByAverage(DeepSARSA):
+    """DeepSARSA whose a' comes from a slowly moving average of the online network (τ per gradient step)."""
+
+    average_tau = 0.005
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.q_net_average = copy.deepcopy(self.q_net)
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        super().train(gradient_steps, batch_size)
+        tau = 1 - (1 - self.average_tau) ** gradient_steps  # as many averaging steps as gradient steps, at the call's end
+        polyak_update(self.q_net.parameters(), self.q_net_average.parameters(), tau)
+
+    def _td_target(self, replay_data: Any, next_state: Any, next_q_target: th.Tensor | None = None) -> th.Tensor:
+        online, self._online_forward = self._online_forward, self.q_net_average  # type: ignore[assignment]
+        try:
+            return super()._td_target(replay_data, next_state, next_q_target)
+        finally:
+            self._online_forward = online
+
+
 class Evaluate(BaseCallback):
     """Evaluates the deterministic policy every ``eval_freq`` steps; keeps its own time apart."""
 
@@ -161,7 +186,7 @@ def train_job(task: str, algorithm: str, seed: int, episodes: int) -> dict[str, 
         model = DeepSARSA("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
     else:
         next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")
-        kind = PickByTarget if loss == "targetpick" else DeepSARSA
+        kind = {"targetpick": PickByTarget, "averagepick": PickByAverage}.get(loss, DeepSARSA)
         keywords: dict[str, Any] = dict(next_action=next_action, loss="huber" if loss == "huber" else "mse", **hyperparameters)
         keywords.update(DIAGNOSIS.get(algorithm, {}))
         model = kind("MlpPolicy", make_env(task), seed=seed, device="cpu", **keywords)
