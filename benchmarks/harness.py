@@ -110,17 +110,21 @@ def hyperparameters_of(task: str) -> dict[str, Any]:
 class PickByTarget(DeepSARSA):
     """DeepSARSA whose a' (or its ε-greedy probabilities) comes from the target network's Q-values of s'."""
 
+    def _picker(self, next_q_target: th.Tensor) -> Callable[[Any], th.Tensor]:
+        """The Q-values that pick a' in place of the online network's."""
+        return lambda _observations: next_q_target
+
     def _td_target(self, replay_data: Any, next_state: Any, next_q_target: th.Tensor | None = None) -> th.Tensor:
         if next_q_target is None:
             next_q_target = self._target_forward(replay_data.next_observations)
-        online, self._online_forward = self._online_forward, (lambda _observations: next_q_target)  # type: ignore[assignment]
+        online, self._online_forward = self._online_forward, self._picker(next_q_target)  # type: ignore[assignment]
         try:
             return super()._td_target(replay_data, next_state, next_q_target)
         finally:
             self._online_forward = online
 
 
-class PickByAverage(DeepSARSA):
+class PickByAverage(PickByTarget):
     """DeepSARSA whose a' comes from a slowly moving average of the online network (τ per gradient step)."""
 
     average_tau = 0.005
@@ -134,12 +138,8 @@ class PickByAverage(DeepSARSA):
         tau = 1 - (1 - self.average_tau) ** gradient_steps  # as many averaging steps as gradient steps, at the call's end
         polyak_update(self.q_net.parameters(), self.q_net_average.parameters(), tau)
 
-    def _td_target(self, replay_data: Any, next_state: Any, next_q_target: th.Tensor | None = None) -> th.Tensor:
-        online, self._online_forward = self._online_forward, self.q_net_average  # type: ignore[assignment]
-        try:
-            return super()._td_target(replay_data, next_state, next_q_target)
-        finally:
-            self._online_forward = online
+    def _picker(self, next_q_target: th.Tensor) -> Callable[[Any], th.Tensor]:
+        return self.q_net_average
 
 
 class Evaluate(BaseCallback):

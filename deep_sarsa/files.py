@@ -17,7 +17,6 @@ import binascii
 import inspect
 import io
 import json
-import pathlib
 import pickle
 import zipfile
 import zlib
@@ -236,16 +235,6 @@ def check_model_data(name: str, content: bytes) -> dict[str, Any]:
         if not _is_serialized(data[key]):
             raise ValueError(f"{name}: entry {key!r} is a {type(data[key]).__name__}, not a serialized object as SB3 saves it")
     return data
-
-
-def check_model_file(path: pathlib.Path) -> dict[str, Any]:
-    """
-    :func:`check_model_data` of a file.
-
-    :param path: the file (SB3 also tries it with ``.zip`` added)
-    :return: its ``data`` entry
-    """
-    return check_model_data(*read_model_file(path))
 
 
 def _never_saved(model_class: type) -> frozenset[str]:
