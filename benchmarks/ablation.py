@@ -6,17 +6,15 @@ What each piece of the speed layer (``deep_sarsa.fast``) gains, and where the ti
   (``fast.PLAIN``), alternating; the gain is the median ratio - 1, in process CPU time and wall-clock.
 * ``--mode paired``: one run per piece, switched on and off at alternate calls of the phase it speeds up; the time it
   saves is a share of the run's time (both halves see the same machine: its drift cancels).
-* ``--mode profile``: the ``step`` setting, DeepSARSA and DQN, each phase's method wrapped in a timer (about 1 µs a
-  call) inside ``learn()`` after 3000 untimed steps: microseconds per env step (rollout) and per gradient step.
+
+Where the time goes: ``python -m cProfile -s tottime benchmarks/throughput.py --settings step --repetitions 1``.
 
     python benchmarks/ablation.py --mode runs --repetitions 3 --steps 10000 --threads 1
     python benchmarks/ablation.py --mode paired --steps 10000 --threads 1 --output benchmarks/results/ablation.md
-    python benchmarks/ablation.py --mode profile --steps 8000 --threads 1 [--next-action stored]
 """
 
 import argparse
 import contextlib
-import functools
 import os
 import platform
 import statistics
@@ -27,7 +25,6 @@ from typing import Any
 
 import throughput
 import torch as th
-from stable_baselines3.common.vec_env import DummyVecEnv
 from throughput import SETTINGS, alternate, cpu_model, write_output
 
 from deep_sarsa import fast
@@ -38,8 +35,6 @@ PAIRED: dict[str, tuple[str, ...]] = {
     "direct_forward": ("train", "_sample_action"),
     **dict.fromkeys(["optimizer_step", "zero_grad", "clip_grad_norm", "target_batching", "batched_sampling"], ("train",)),
 }
-#: ``--mode profile``: untimed steps first (learning starts at 1000)
-WARM_STEPS = 3000
 
 
 @contextlib.contextmanager
@@ -98,55 +93,6 @@ def paired_saving(piece: str, setting: str, steps: int, seed: int, next_action: 
     )
     with_piece = elapsed - saved / 2  # half the calls ran without the piece
     return saved / with_piece, steps / with_piece
-
-
-def timer(function: Callable[..., Any], totals: dict[str, float], label: str) -> Callable[..., Any]:
-    """``function``, adding the time spent in it to ``totals[label]``."""
-
-    @functools.wraps(function)
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            totals[label] = totals.get(label, 0.0) + time.perf_counter() - start
-
-    return timed
-
-
-def profile(algorithm: str, next_action: str, warm_steps: int, steps: int) -> str:
-    """Train ``warm_steps`` untimed, then ``steps`` with every phase timed (the ``step`` setting); the table as text."""
-    model = throughput.make_model("dqn" if algorithm == "dqn" else f"sarsa-{next_action}", "step", seed=0)
-    model.learn(warm_steps)
-    totals: dict[str, float] = {}
-    rollout = ["collect_rollouts", "_sample_action", "_store_transition", "_on_step"]
-    for name in rollout + (["train"] if algorithm == "dqn" else ["train", "_sample", "_td_target"]):
-        setattr(model, name, timer(getattr(model, name), totals, name))
-    assert isinstance(model.env, DummyVecEnv)
-    model.env.step_wait = timer(model.env.step_wait, totals, "env step (DummyVecEnv.step_wait)")  # type: ignore[method-assign]
-    # DeepSARSA calls the optimizer's step and the clipping through deep_sarsa.fast
-    backward, step, clip = th.Tensor.backward, fast.optimizer_step, fast.clip_grad_norm
-    if algorithm == "dqn":
-        model.policy.optimizer.step = timer(model.policy.optimizer.step, totals, "optimizer step")  # type: ignore[method-assign]
-    else:
-        fast.optimizer_step, fast.clip_grad_norm = (
-            timer(step, totals, "optimizer step"),
-            timer(clip, totals, "gradient clipping"),
-        )
-    th.Tensor.backward = timer(backward, totals, "backward")  # type: ignore[method-assign]
-    updates = model._n_updates
-    try:
-        model.learn(steps, reset_num_timesteps=False)
-    finally:
-        th.Tensor.backward = backward  # type: ignore[method-assign]
-        fast.optimizer_step, fast.clip_grad_norm = step, clip
-    gradient_steps = model._n_updates - updates
-    name = "SB3 DQN" if algorithm == "dqn" else f"DeepSARSA ({next_action})"
-    lines = [f"\n{name}: {steps} env steps, {gradient_steps} gradient steps"]
-    for label, seconds in totals.items():
-        per, unit = (steps, "env step") if label in rollout or label.startswith("env") else (gradient_steps, "gradient step")
-        lines.append(f"  {label:35s} {seconds / per * 1e6:8.1f} µs per {unit}")
-    return "\n".join(lines)
 
 
 def describe(args: argparse.Namespace, mode: str) -> str:
@@ -208,7 +154,7 @@ def main_runs(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["runs", "paired", "profile"], default="runs")
+    parser.add_argument("--mode", choices=["runs", "paired"], default="runs")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -219,11 +165,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         th.set_num_threads(args.threads)
-    if args.mode == "profile":
-        text = "\n".join(profile(algorithm, args.next_action, WARM_STEPS, args.steps) for algorithm in ("deep_sarsa", "dqn"))
-    else:
-        text = main_runs(args) if args.mode == "runs" else main_paired(args)
-    write_output(args.output, text)
+    write_output(args.output, main_runs(args) if args.mode == "runs" else main_paired(args))
 
 
 if __name__ == "__main__":

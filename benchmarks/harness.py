@@ -227,11 +227,6 @@ def write_result(runs: Path, result: dict[str, Any]) -> Path:
     return path
 
 
-def run_job(job: tuple[str, str, int, int, Path]) -> Path:
-    """Train and evaluate one (task, algorithm, seed, evaluation episodes, runs folder) here; write its JSON."""
-    return write_result(job[4], train_job(*job[:4]))
-
-
 def _commit(folder: Path = Path(__file__).parent) -> str:
     """This checkout's commit, ``+changes`` where the package's or the benchmarks' tracked Python files differ from it."""
     git = ["git", "-C", str(folder)]
@@ -355,7 +350,7 @@ def grid(args: argparse.Namespace, job: JobFunction | None = None) -> int:
     return 1 if failed else 0
 
 
-# The reports' shared parts (harness.py, validate.py, variants.py)
+# The reports' shared parts (harness.py, validate.py)
 
 
 def load(runs: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -412,6 +407,25 @@ def write_report(output: Path, text: str, plot: Any = None, dpi: int = 100) -> N
     print(text, end="")
 
 
+def drop_in(grouped: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    """Issue #31's check: the default (``sarsa-sampled``) against DQN where rl-zoo has an entry, by final return."""
+    lines = ["", "Drop-in (issue #31): the default `sarsa-sampled` against DQN, rl-zoo's entry unchanged for both.", ""]
+    lines += ["| task | seeds | DQN: final | DeepSARSA: final | median ≥ DQN's | IQR no wider | commits; CPU |"]
+    lines += ["|---|---:|---:|---:|---|---|---|"]
+    for task in (t for t in RL_ZOO_DQN if (t, "dqn") in grouped and (t, "sarsa-sampled") in grouped):
+        runs = grouped[task, "dqn"] + grouped[task, "sarsa-sampled"]
+        dqn, ours = ([r["curve"][-1][1] for r in grouped[task, a]] for a in ("dqn", "sarsa-sampled"))
+        (d1, dm, d3), (s1, sm, s3) = np.percentile(dqn, [25, 50, 75]), np.percentile(ours, [25, 50, 75])
+        bars = ((sm >= dm, sm, dm), (s3 - s1 <= d3 - d1, s3 - s1, d3 - d1))
+        verdict = " | ".join(f"{'yes' if met else 'no'} ({a:.1f} vs {b:.1f})" for met, a, b in bars)
+        made = "; ".join(", ".join(sorted({str(r.get(key, "not recorded")) for r in runs})) for key in ("commit", "cpu"))
+        lines.append(f"| {task} | {len(dqn)}/{len(ours)} | {quartiles(dqn)} | {quartiles(ours)} | {verdict} | {made} |")
+        if task == "CartPole-v1":  # and its goal: 9 of 10 seeds at 475 or more at the end
+            count = [f"{sum(v >= 475 for v in values)}/{len(values)}" for values in (ours, dqn)]
+            lines.insert(3, f"CartPole-v1, seeds ≥ 475 at the last evaluation: DeepSARSA {count[0]}, DQN {count[1]}.\n")
+    return lines
+
+
 def report(args: argparse.Namespace) -> None:
     """The grid's table (median and IQR of the final return and the area, per task and algorithm) and its curves."""
     grouped = load(args.runs)
@@ -452,6 +466,7 @@ def report(args: argparse.Namespace) -> None:
         "Final = the last evaluation; area under curve = the mean of all evaluations.",
         "",
         *lines,
+        *drop_in(grouped),
         "",
         f"![learning curves]({args.output.with_suffix('.png').name})",
         "",

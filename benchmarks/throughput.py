@@ -3,18 +3,14 @@ Env-steps per second of DeepSARSA (each ``next_action`` variant) and SB3's DQN a
 alternately in one process, several repetitions; each run timed in wall-clock (what a user waits) and process CPU time
 (what it costs: with one torch thread, the wall-clock of an idle machine, so it stays meaningful on a shared one).
 Settings: ``zoo``, rl-zoo's CartPole-v1 DQN entry (train_freq 256, gradient_steps 128, batch 64, [256, 256]); ``step``,
-the same with train_freq 4, gradient_steps 1. ``--hash``: a fingerprint of what training computes instead (the SHA-256
-of the parameters after a fixed run of a few settings), to show at two commits that a speed-up changed no bit.
+the same with train_freq 4, gradient_steps 1. That a speed-up changes no bit of training is tested, piece by piece
+(tests/test_fast.py).
 
     python benchmarks/throughput.py                        # 5 repetitions, 20k steps each
     python benchmarks/throughput.py --repetitions 2 --steps 5000 --threads 1
-    python benchmarks/throughput.py --hash --steps 6000 --threads 1 [--flush-denormal false]   # seed 1
-    # the same at an older commit, with this script
-    cp benchmarks/throughput.py /tmp && git checkout 3d1215a && python /tmp/throughput.py --hash --steps 6000 --threads 1
 """
 
 import argparse
-import hashlib
 import os
 import platform
 import statistics
@@ -32,8 +28,6 @@ from deep_sarsa.presets import rl_zoo_dqn
 ZOO = rl_zoo_dqn("CartPole-v1")
 SETTINGS: dict[str, dict[str, Any]] = {"zoo": ZOO, "step": dict(ZOO, train_freq=4, gradient_steps=1)}
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
-#: ``--hash``'s (setting, next_action) pairs: every variant, both settings
-HASHED = [("step", "sampled"), ("zoo", "expected"), ("step", "stored")]
 Rates = dict[tuple[str, str], list[tuple[float, float]]]
 
 
@@ -88,14 +82,6 @@ def alternate(
     return results
 
 
-def parameter_hash(setting: str, next_action: str, steps: int, seed: int, flush_denormal: bool) -> str:
-    """The first 16 hex digits of the SHA-256 of the policy's parameters after ``learn(steps)``."""
-    model = make_model(f"sarsa-{next_action}", setting, seed, flush_denormal=flush_denormal)
-    model.learn(steps)
-    digest = hashlib.sha256(b"".join(param.detach().cpu().numpy().tobytes() for param in model.policy.parameters()))
-    return digest.hexdigest()[:16]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000)
@@ -103,17 +89,9 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--output", type=Path, default=None, help="write the markdown table here")
-    parser.add_argument("--hash", action="store_true", help="print the parameter hashes of a fixed run of each variant")
-    parser.add_argument("--seed", type=int, default=1, help="--hash: the seed (default 1)")
-    parser.add_argument("--flush-denormal", choices=["true", "false"], default="true", help="--hash: DeepSARSA's flag")
     args = parser.parse_args()
     if args.threads is not None:
         th.set_num_threads(args.threads)
-    if args.hash:
-        for setting, next_action in HASHED:
-            digest = parameter_hash(setting, next_action, args.steps, args.seed, args.flush_denormal == "true")
-            print(f"{setting}/{next_action}: {digest}", flush=True)
-        return
 
     def run(algorithm: str, setting: str, seed: int) -> tuple[float, float]:
         return steps_per_second(algorithm, setting, args.steps, seed)

@@ -4,9 +4,9 @@ mean over its last 20% of evaluations, or ``--objective area``), trained and eva
 ``benchmarks/studies/TASK.db`` or ``--storage``, its workers local or on a Dask cluster. Details: docs/tuning.md.
 
     python benchmarks/tune.py study --task CartPole-v1 --trials 100 --workers 2   # or --scheduler tcp://HOST:8786
-    python benchmarks/tune.py show --task CartPole-v1                            # best trials, per-seed scores
     python benchmarks/tune.py export --task CartPole-v1                          # benchmarks/results/tuning_TASK.md
-    python benchmarks/tune.py preset --task CartPole-v1                          # the best trial as a yml entry
+
+Read a study with Optuna's own command line: ``optuna trials`` / ``optuna best-trial --study-name NAME --storage URL``.
 """
 
 import argparse
@@ -30,7 +30,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.presets import NEXT_ACTIONS, preset
-from deep_sarsa.zoo.sampler import NET_ARCHS, convert_deep_sarsa_params, experiment_settings, sample_deep_sarsa_params
+from deep_sarsa.zoo.sampler import NET_ARCHS, experiment_settings, sample_deep_sarsa_params
 
 sys.path.insert(0, str(Path(__file__).parent))
 import harness
@@ -70,11 +70,6 @@ def seed_score(curve: Sequence[Sequence[float]], objective: str = OBJECTIVE) -> 
     if objective not in OBJECTIVES.values():
         raise ValueError(f"objective: {objective!r} is none of {list(OBJECTIVES.values())}")
     return area_under_curve(curve) if objective == OBJECTIVES["area"] else last_fraction_mean(curve)
-
-
-def objective_of(curves: Sequence[Sequence[Sequence[float]]], objective: str = OBJECTIVE) -> float:
-    """The study's objective: the worst seed's score (one curve per seed)."""
-    return min(seed_score(curve, objective) for curve in curves)
 
 
 def train_seed(
@@ -410,25 +405,8 @@ def best_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
     return sorted(complete, key=lambda t: (-(t.value or 0.0), -float(np.mean(t.user_attrs.get("seed_areas", [0.0])))))[:top]
 
 
-def _budget(study: optuna.Study) -> str:
-    steps, eval_freq, episodes, seeds = (study.user_attrs.get(key) for key in ("steps", "eval_freq", "episodes", "seeds"))
-    return f"{steps} steps, an evaluation every {eval_freq} steps ({episodes} episodes), tuning seeds {seeds}"
-
-
 def _seeds(trial: FrozenTrial, key: str = "seed_scores") -> str:
     return ", ".join(f"{score:.1f}" for score in trial.user_attrs.get(key, []))
-
-
-def show(args: argparse.Namespace) -> None:
-    """Print the study's best trials: objective, per-seed scores and areas, parameters."""
-    study = load(args)
-    states = [trial.state for trial in study.get_trials(deepcopy=False)]
-    counts = ", ".join(f"{states.count(state)} {state.name.lower()}" for state in TrialState if states.count(state))
-    print(f"study {study.study_name!r}: {len(states)} trials ({counts})")
-    print(f"objective: {study.user_attrs.get('objective')}; budget: {_budget(study)}")
-    for trial in best_trials(study, args.top):
-        print(f"trial {trial.number}: {trial.value:.2f}  seed scores [{_seeds(trial)}]  areas [{_seeds(trial, 'seed_areas')}]")
-        print(f"  {json.dumps(trial.params, sort_keys=True)}")
 
 
 def export(args: argparse.Namespace) -> None:
@@ -448,7 +426,8 @@ def export(args: argparse.Namespace) -> None:
     lines = [
         f"# Tuning DeepSARSA on {task}: study `{name}`",
         "",
-        f"Objective: the {attrs.get('objective')} (maximized). Budget: {_budget(study)}.",
+        f"Objective: the {attrs.get('objective')} (maximized). Budget: {attrs.get('steps')} steps, an evaluation every "
+        f"{attrs.get('eval_freq')} steps ({attrs.get('episodes')} episodes), tuning seeds {attrs.get('seeds')}.",
         f"{len(trials)} trials; best first. Seed scores: each tuning seed's {scored}; area: the mean of all its evaluations.",
         "",
         "| trial | state | objective | seed scores | seed areas | " + " | ".join(keys) + " |",
@@ -476,72 +455,13 @@ def export(args: argparse.Namespace) -> None:
     print(f"wrote {out} ({len(trials)} trials)")
 
 
-def _converted(
-    trial: FrozenTrial, task: str, steps: int, space: str = "zoo", next_action: str | None = None
-) -> dict[str, Any]:
-    """The trial's DeepSARSA keywords, as its objective built them (``next_action``: the study's ``--next-action``)."""
-    if space == "near-preset":
-        return sample_near_preset(optuna.trial.FixedTrial(trial.params), task, next_action)
-    converted = convert_deep_sarsa_params(trial.params, hyperparameters_of(task).get("policy_kwargs"))
-    if "learning_starts" in trial.user_attrs:
-        converted["learning_starts"] = int(trial.user_attrs["learning_starts"])
-    return converted
-
-
-def _yaml_value(key: str, value: Any) -> str:
-    """``value`` as the presets file writes it (``policy_kwargs``: a literal ``dict(...)`` string)."""
-    if isinstance(value, bool | int | str) or value is None:
-        return repr(value) if isinstance(value, str) else str(value)
-    if isinstance(value, float):
-        return f"!!float {value!r}"
-    if key == "policy_kwargs" and isinstance(value, dict):
-        for item in value.values():
-            if not isinstance(item, (int, float, str, list, tuple, dict)):
-                raise ValueError(f"policy_kwargs holds {item!r}, which the yml's literal dict(...) cannot write")
-        return '"dict(' + ", ".join(f"{k}={v!r}" for k, v in value.items()) + ')"'
-    raise ValueError(f"{key}={value!r}: no yml form for it")
-
-
-def preset_entry(study: optuna.Study, next_action: str | None = None) -> str:
-    """The best trial (of ``next_action``'s trials, where given) as a ``deep_sarsa[_VARIANT].yml`` entry, with its note."""
-    ranked = best_trials(study, len(study.trials))
-    best = [trial for trial in ranked if next_action is None or trial.params.get("next_action") == next_action]
-    if not best:
-        variant = "" if next_action is None else f" with next_action {next_action!r}"
-        raise ValueError(f"study {study.study_name!r} has no complete trial{variant} yet")
-    trial, attrs, task = best[0], study.user_attrs, str(study.user_attrs["task"])
-    converted = _converted(trial, task, int(attrs["steps"]), str(attrs.get("space", "zoo")), variant_of(attrs))
-    hyperparameters = {**hyperparameters_of(task), **converted}
-    which = f"trial {trial.number}"
-    if next_action is not None and variant_of(attrs) is None:
-        which += f" (its best of the {len(best)} complete trials with next_action {next_action!r})"
-    lines = [
-        f"{task}:",
-        f"  # found by study {study.study_name!r} (benchmarks/tune.py), "
-        f"{len(study.get_trials(deepcopy=False, states=FINISHED))} trials, {which}: objective",
-        f"  # {attrs.get('objective')} = {trial.value:.2f} (seeds {_seeds(trial)}); budget {_budget(study)}",
-        f"  n_timesteps: !!float {float(attrs['steps']):.4g}",
-        "  policy: 'MlpPolicy'",
-    ]
-    entry = preset(task)  # its env's settings
-    if entry.env_wrapper:
-        lines.append(f"  env_wrapper: {entry.env_wrapper}")
-    if entry.env_kwargs:
-        lines += ["  env_kwargs:", *(f"    {k}: {_yaml_value(k, v)}" for k, v in entry.env_kwargs.items())]
-    order = ["next_action", "loss", *(key for key in hyperparameters if key not in ("next_action", "loss", "policy_kwargs"))]
-    lines += [f"  {key}: {_yaml_value(key, hyperparameters[key])}" for key in order]
-    if "policy_kwargs" in hyperparameters:
-        lines.append(f"  policy_kwargs: {_yaml_value('policy_kwargs', hyperparameters['policy_kwargs'])}")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     storage_help = "the study storage: sqlite:///FILE.db (one machine) or postgresql+psycopg://USER:PASSWORD@HOST/DB"
     parsers = {}
-    for name in ("study", "show", "export", "preset"):  # work on the study; the best trials; a markdown table; a yml entry
+    for name in ("study", "export"):  # work on the study; a markdown table
         parsers[name] = command = commands.add_parser(name)
         command.add_argument("--task", required=True, choices=TUNABLE_TASKS)
         command.add_argument("--storage", help=storage_help + " (default: sqlite:///benchmarks/studies/TASK.db)")
@@ -561,7 +481,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = study.add_mutually_exclusive_group()
     where.add_argument("--workers", type=positive(int), help="worker processes (a local Dask cluster; default 1: this one)")
     where.add_argument("--scheduler", help="a Dask scheduler's address: one worker per thread of its cluster")
-    parsers["show"].add_argument("--top", type=positive(int), default=5, help="how many trials (default 5)")
     parsers["export"].add_argument("--out", type=Path, help="default: benchmarks/results/tuning_TASK.md")
     args = parser.parse_args(argv)
     return harness.run_command(parser, args, lambda: storage_errors(args))
@@ -570,10 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def storage_errors(args: argparse.Namespace) -> int | None:
     """Run ``args.command``; a failed storage (a full disk, a lost connection) is raised as a one-line ConnectionError."""
     try:
-        if args.command == "preset":
-            print(preset_entry(load(args), args.next_action), end="")
-            return 0
-        return {"study": run_study, "show": show, "export": export}[args.command](args)
+        return {"study": run_study, "export": export}[args.command](args)
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         # Optuna wraps a failed commit in StorageInternalError: show the cause
         cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ else error

@@ -91,7 +91,8 @@ class DeepSARSA(SafeFiles, ActionMasking, FiniteChecks, StopAtRolloutBoundary, O
         buffer, ``"sampled"`` where the episode was cut or a' is not taken yet. Terminal rows never bootstrap.
     :param loss: ``"mse"`` (default, the lecture's: regresses to the mean of the noisy targets, Q^π) or
         ``"huber"`` (DQN's; towards their median: on the risky bridge at ε = 0.2, Q(start, edge) 8.15 where
-        Q^π is 5.73 and MSE gives 5.76, ``benchmarks/results/loss_choice.md``)
+        Q^π is 5.73 and MSE gives 5.76, medians of 5 seeds; docs/algorithm.md, "MSE or Huber", and
+        ``tests/test_fixed_point.py::test_huber_loss_hides_the_rare_penalty``)
     :param use_masking: choose actions, and a', among valid actions where the env has ``action_masks()``
     :param check_finite: stop training with a ``NonFiniteError`` naming the step and the env when an
         observation or reward is NaN or infinite, before it reaches the replay buffer

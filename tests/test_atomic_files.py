@@ -335,35 +335,75 @@ def test_an_error_names_the_file_and_keeps_its_type(tmp_path: pathlib.Path) -> N
             model.save(folder / "model.zip")
 
 
+#: Loads the new model and buffer, then writes one of them (argv[1]: ``save`` or ``save_replay_buffer``) over the
+#: target in a loop, without end
 LOOP = textwrap.dedent(
     """
     import sys
     from deep_sarsa import DeepSARSA
-    model = DeepSARSA.load(sys.argv[1], device="cpu")
-    model.load_replay_buffer(sys.argv[2])
+    model = DeepSARSA.load(sys.argv[2], device="cpu")
+    model.load_replay_buffer(sys.argv[3])
+    save = getattr(model, sys.argv[1])
     print("ready", flush=True)
     while True:
-        model.save_replay_buffer(sys.argv[3])
+        save(sys.argv[4])
     """
 )
 
 
-def test_sigkill_during_save_replay_buffer_leaves_a_loadable_buffer(tmp_path: pathlib.Path) -> None:
-    """A process saving the replay buffer in a loop, SIGKILLed at random: 3 times, then on until one lands mid-write."""
+@pytest.fixture(scope="module")
+def old_and_new(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeepSARSA, DeepSARSA, pathlib.Path]:
+    """Two models whose parameters, steps and buffers differ, the new one saved (model and buffer) in a folder."""
     old, new = trained(0, steps=300, buffer_size=20_000), trained(1, steps=2000, buffer_size=20_000)
-    new.save(tmp_path / "new.zip")
-    new.save_replay_buffer(tmp_path / "new.pkl")
-    target = tmp_path / "run" / "buffer.pkl"
-    reader = trained(2, steps=0, buffer_size=20_000)
+    folder = tmp_path_factory.mktemp("new")
+    new.save(folder / "new.zip")
+    new.save_replay_buffer(folder / "new.pkl")
+    return old, new, folder
+
+
+@pytest.mark.parametrize("save", ["save", "save_replay_buffer"])
+def test_sigkill_during_save_leaves_the_old_or_the_new_file(
+    tmp_path: pathlib.Path, save: str, old_and_new: tuple[DeepSARSA, DeepSARSA, pathlib.Path]
+) -> None:
+    """
+    A process writing the new model zip (``save``) or replay buffer over the old one in a loop is SIGKILLed at a
+    random moment: what is left loads (``DeepSARSA.load``, ``load_replay_buffer``) and is the old or the new content,
+    whole. DEEP_SARSA_SAVE_KILLS kills (3 by default, then on until one lands mid-write), DEEP_SARSA_KILL_SEED
+    repeats the delays.
+    """
+    old, new, folder = old_and_new
+    if save == "save":
+        target = tmp_path / "run" / "model.zip"
+
+        def content(model: DeepSARSA) -> tuple[str, int]:
+            return parameter_hash(model), model.num_timesteps
+
+        def load() -> tuple[str, int]:
+            return content(DeepSARSA.load(target, device="cpu"))
+    else:
+        target = tmp_path / "run" / "buffer.pkl"
+        reader = trained(2, steps=0, buffer_size=20_000)
+
+        def content(model: DeepSARSA) -> tuple[str, int]:
+            return buffer_hash(model), model.replay_buffer.pos  # type: ignore[union-attr]
+
+        def load() -> tuple[str, int]:
+            reader.load_replay_buffer(target)
+            return content(reader)
+
+    expected = {content(old): "old", content(new): "new"}
+    assert len(expected) == 2
+    seed = int(os.environ.get("DEEP_SARSA_KILL_SEED", random.SystemRandom().randrange(2**32)))
+    kills = int(os.environ.get("DEEP_SARSA_SAVE_KILLS", "3"))
+    chance = random.Random(seed)
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    chance = random.Random(14)
     interrupted = 0
-    for trial in range(12):
-        if trial >= 3 and interrupted:
+    for trial in range(kills + 9):
+        if trial >= kills and interrupted:
             break
-        old.save_replay_buffer(target)
+        getattr(old, save)(target)
         process = subprocess.Popen(
-            [sys.executable, "-c", LOOP, str(tmp_path / "new.zip"), str(tmp_path / "new.pkl"), str(target)],
+            [sys.executable, "-c", LOOP, save, str(folder / "new.zip"), str(folder / "new.pkl"), str(target)],
             stdout=subprocess.PIPE,
             env=environment,
         )
@@ -371,12 +411,11 @@ def test_sigkill_during_save_replay_buffer_leaves_a_loadable_buffer(tmp_path: pa
         time.sleep(chance.uniform(0.0, 0.5))
         process.send_signal(signal.SIGKILL)
         process.wait()
-        reader.load_replay_buffer(target)  # loadable
-        assert buffer_hash(reader) in {buffer_hash(old), buffer_hash(new)}
+        assert load() in expected, f"seed {seed}, kill {trial}: neither the old nor the new content"  # and loadable
         left = temporaries(target.parent)
         interrupted += bool(left)
         for path in left:  # as they are once older than STALE_AFTER_S: the next save removes them
             os.utime(target.parent / path, (time.time() - 2 * STALE_AFTER_S,) * 2)
-    assert interrupted >= 1  # the kills landed during writes
-    old.save_replay_buffer(target)
+    assert interrupted >= 1, f"seed {seed}: no kill landed during a write"
+    getattr(old, save)(target)
     assert temporaries(target.parent) == []

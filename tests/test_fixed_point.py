@@ -106,16 +106,32 @@ def test_stored_converges_to_the_sarsa_fixed_point_of_its_data_and_to_q_pi() -> 
     assert q[START].argmax() == q_pi[START].argmax() != q_opt[START].argmax()
 
 
-def test_huber_loss_hides_the_rare_penalty() -> None:
-    """The evidence behind ``loss="mse"`` being the default (see benchmarks/loss_choice.py)."""
+@pytest.mark.parametrize("next_action", ["sampled", "expected", "stored"])
+def test_huber_loss_hides_the_rare_penalty(next_action: str) -> None:
+    """
+    Why ``loss="mse"`` is the default (docs/algorithm.md, "MSE or Huber"): with ε = 0.2, MSE learns Q^π(start, edge)
+    = 5.73 and the safe route with every variant; Huber, with a sampled or stored a', learns a value near
+    Q*(start, edge) = 9 and walks the edge.
+    """
     epsilon = 0.2
     q_pi, q_opt = reference(epsilon), q_star(MDP)
     assert q_pi[START].argmax() == 1  # the ε-greedy agent should take the safe path
-    mse = q_table(train("sampled", epsilon, steps=10_000, buffer_size=10_000, loss="mse"))
-    huber = q_table(train("sampled", epsilon, steps=10_000, buffer_size=10_000, loss="huber"))
-    # With a sampled a', the target of (start, edge) is 0.9·10 = 9 most of the time and
-    # 0.9·(-30) = -27 when the agent explores into the fall: its mean is Q^π = 5.73, its median 9.
+    mse = q_table(train(next_action, epsilon, steps=5000, buffer_size=5000, loss="mse"))
+    huber = q_table(train(next_action, epsilon, steps=5000, buffer_size=5000, loss="huber"))
+    # MSE regresses to the mean of the targets, Q^π. At (start, edge) it learns 5.88 (sampled), 5.69 (expected),
+    # 5.24 (stored: the fixed point of its data, whose a' older policies took).
     assert abs(mse[START, 0] - q_pi[START, 0]) < 0.75
-    assert huber[START, 0] - q_pi[START, 0] > 2.0
     assert mse[START].argmax() == 1
-    assert huber[START].argmax() == q_opt[START].argmax() == 0
+    if next_action == "expected":
+        # The fall's -30 enters the target of (start, edge) through the average over a' at the edge, not as a rare
+        # sample, so Huber is hurt less: 6.27 at (start, edge) here (4.67 to 6.37 on seeds 0-2), the safe route
+        # kept. Its table is still about 1 off Q^π (the ±2 goal noise, the slip) where MSE's is within 0.1.
+        assert np.abs(mse - q_pi).max() < 0.3
+        assert np.abs(huber - q_pi).max() > 0.5
+        assert huber[START].argmax() == 1
+    else:
+        # With a sampled or stored a', the target of (start, edge) is 0.9·10 = 9 most of the time and
+        # 0.9·(-30) = -27 when the agent explores into the fall: its mean is Q^π = 5.73, its median 9.
+        # Huber learns 9.72 (sampled), 9.70 (stored) and prefers the edge, as Q* does.
+        assert huber[START, 0] - q_pi[START, 0] > 2.0
+        assert huber[START].argmax() == q_opt[START].argmax() == 0

@@ -60,12 +60,13 @@ def test_every_swept_entry_names_the_study_it_was_found_by() -> None:
 
 @pytest.mark.parametrize("env_id", sorted(env_id for env_id in TASKS if study_of(env_id) is not None))
 def test_tuned_entries_are_the_best_trial_of_their_study(env_id: str) -> None:
-    # the study is kept in the repository (benchmarks/studies/TASK.db): its best trial gives the entry, as
-    # `tune.py preset` writes it, on top of the harness's entry for the task
+    # the study is kept in the repository (benchmarks/studies/TASK.db): its best trial gives the entry, written on
+    # top of the harness's entry for the task
     optuna = pytest.importorskip("optuna")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import tune
     import validate
+    from trained_keywords import trained_keywords
 
     storage = f"sqlite:///{ROOT / 'benchmarks' / 'studies' / (env_id + '.db')}"
     study = optuna.load_study(study_name=study_of(env_id), storage=storage)
@@ -80,7 +81,7 @@ def test_tuned_entries_are_the_best_trial_of_their_study(env_id: str) -> None:
     if study.user_attrs["objective"] == tune.OBJECTIVE:
         assert best.value == min(last_20)
     space = str(study.user_attrs.get("space", "zoo"))
-    expected = {**tune.hyperparameters_of(env_id), **tune._converted(best, env_id, int(study.user_attrs["steps"]), space)}
+    expected = {**tune.hyperparameters_of(env_id), **trained_keywords(best, env_id, space)}
     assert preset(env_id).hyperparameters == expected
     assert preset(env_id).n_timesteps == study.user_attrs["steps"]
 
@@ -108,13 +109,14 @@ NOT_SOLVED_ON_EVERY_TUNING_SEED = {("stored", "LunarLander-v3")}
 
 @pytest.mark.parametrize(("variant", "env_id"), PER_VARIANT)
 def test_per_variant_presets_are_the_best_trial_of_their_variant(variant: str, env_id: str) -> None:
-    # as for the task presets: the note names the study, whose best trial of the variant gives the entry (`tune.py
-    # preset --next-action VARIANT`), and every one of its tuning seeds ends at the task's threshold (where it does
-    # not, the exception is listed, and checked to still be one)
+    # as for the task presets: the note names the study, whose best trial of the variant gives the entry, and every
+    # one of its tuning seeds ends at the task's threshold (where it does not, the exception is listed, and checked to
+    # still be one)
     optuna = pytest.importorskip("optuna")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import tune
     import validate
+    from trained_keywords import trained_keywords
 
     name = study_of(env_id, presets.VARIANT_PRESETS_FILES[variant])
     assert name is not None
@@ -127,7 +129,7 @@ def test_per_variant_presets_are_the_best_trial_of_their_variant(variant: str, e
     if min(last_20) < threshold:  # the entry's note says so
         assert "not solved on every tuning seed" in block_of(env_id, presets.VARIANT_PRESETS_FILES[variant])
     space, steps = str(study.user_attrs.get("space", "zoo")), int(study.user_attrs["steps"])
-    converted = tune._converted(best, env_id, steps, space, tune.variant_of(study.user_attrs))
+    converted = trained_keywords(best, env_id, space, tune.variant_of(study.user_attrs))
     assert preset(env_id, next_action=variant).hyperparameters == {**tune.hyperparameters_of(env_id), **converted}
     assert preset(env_id, next_action=variant).n_timesteps == steps
 

@@ -1,4 +1,4 @@
-"""Bad input, non-finite values, files, interruption and determinism."""
+"""Bad input, non-finite values, files, interruption, determinism and the memory of a long run."""
 
 import os
 import signal
@@ -321,3 +321,63 @@ def test_check_finite_accepts_large_finite_values_whose_sum_overflows() -> None:
     check_finite(np.full((2, 3), big, dtype=np.float32), np.array([1e308, 1e308]), [{}, {}], np.zeros(2), step=1)
     with pytest.raises(NonFiniteError, match=r"observation .* env 1"):
         check_finite(np.array([[big, big], [big, np.inf]], dtype=np.float32), np.zeros(2), [{}, {}], np.zeros(2), step=1)
+
+
+class Widened(gym.ObservationWrapper):
+    """CartPole's 4 numbers repeated to 8,192 (32 KiB an observation), so that a buffer growing per step shows in RSS."""
+
+    def __init__(self, env: gym.Env, copies: int = 2048) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        assert isinstance(space, spaces.Box)
+        self.copies = copies
+        self.observation_space = spaces.Box(np.tile(space.low, copies), np.tile(space.high, copies), dtype=np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.tile(observation, self.copies)
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class ResidentMemory(BaseCallback):
+    """The process's resident memory at every 100th step from ``start`` on."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__()
+        self.start = start
+        self.samples: list[int] = []
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.start and self.num_timesteps % 100 == 0:
+            self.samples.append(resident_bytes())
+        return True
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident memory from /proc (Linux)")
+def test_memory_stops_growing_once_the_replay_buffer_is_full() -> None:
+    """
+    SB3's replay buffer allocates its arrays up front and writes over the oldest rows once full, so a long run's
+    memory plateaus (docs/reliability.md, "Long runs"): 4x the buffer's size in steps, the buffer's arrays are the same
+    objects of the same size at the end, and resident memory over the second half grows by less than half of what
+    the buffer's arrays would add if they grew with the steps (a leak of that size would fail).
+    """
+    buffer_size, steps = 500, 2000
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0, wrapper_class=Widened)
+    settings: dict[str, Any] = {**FAST, "buffer_size": buffer_size, "policy_kwargs": dict(net_arch=[16])}
+    model = DeepSARSA("MlpPolicy", env, next_action="stored", **settings)
+    assert model.replay_buffer is not None
+    arrays = {name: value for name, value in vars(model.replay_buffer).items() if isinstance(value, np.ndarray)}
+    sizes = {name: array.nbytes for name, array in arrays.items()}
+    memory = ResidentMemory(start=steps // 2)
+    model.learn(steps, callback=memory)
+    assert model.replay_buffer.full
+    after = {name: value for name, value in vars(model.replay_buffer).items() if isinstance(value, np.ndarray)}
+    assert after.keys() == arrays.keys()
+    for name, array in after.items():
+        assert array is arrays[name] and array.nbytes == sizes[name], name  # written in place, never reallocated
+    per_step = sum(sizes.values()) / buffer_size  # about 64 KiB: the observation and the next one
+    growth = max(memory.samples) - memory.samples[0]
+    assert growth < 0.5 * per_step * (steps // 2), f"{growth / 2**20:.1f} MiB over the last {steps // 2} steps"

@@ -19,9 +19,10 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import harness
 import tune
+from trained_keywords import trained_keywords
 
 from deep_sarsa import DeepSARSA
-from deep_sarsa.presets import load_presets, preset
+from deep_sarsa.presets import preset
 
 ROOT = Path(__file__).parent.parent
 TUNE = ROOT / "benchmarks" / "tune.py"
@@ -39,13 +40,13 @@ def test_last_fraction_and_objective_by_hand() -> None:
     assert tune.last_fraction_mean(curve(1, 2, 3, 4, 5, 6, 8)) == 7.0
     assert tune.last_fraction_mean(curve(9, 9, 30)) == 30.0
     assert tune.area_under_curve(curve(10, 20, 60)) == 30.0
-    # seed scores 450, 100, 300: the worst is the second's
-    assert tune.objective_of([curve(*[0] * 8, 400, 500), curve(*[500] * 8, 100, 100), curve(*[0] * 8, 300, 300)]) == 100.0
+    seeds = [curve(*[0] * 8, 400, 500), curve(*[500] * 8, 100, 100), curve(*[0] * 8, 300, 300)]
+    assert [tune.seed_score(seed) for seed in seeds] == [450.0, 100.0, 300.0]  # a study's objective: the worst, 100
     with pytest.raises(ValueError, match="curve must hold at least one evaluation"):
         tune.last_fraction_mean([])
     # --objective area: areas 90, 420, 60 (the first seed is good at the end only, the third is late and low)
     area = tune.OBJECTIVES["area"]
-    assert tune.objective_of([curve(*[0] * 8, 400, 500), curve(*[500] * 8, 100, 100), curve(*[0] * 8, 300, 300)], area) == 60.0
+    assert [tune.seed_score(seed, area) for seed in seeds] == [90.0, 420.0, 60.0]
     with pytest.raises(ValueError, match="objective: 'best seed' is none of"):
         tune.seed_score(curve(1, 2), "best seed")
 
@@ -133,34 +134,22 @@ def test_minutes_stops_starting_trials_after_the_deadline(monkeypatch: pytest.Mo
     assert [trial.state for trial in study.get_trials()] == [TrialState.COMPLETE] * 5
 
 
-def test_show_export_and_preset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake_training(monkeypatch, [])
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     common = ["--task", "CartPole-v1", "--storage", storage]
     assert tune.main(["study", *common, "--trials", "2"]) == 0
-    capsys.readouterr()
-    assert tune.main(["show", *common]) == 0
-    shown = capsys.readouterr().out
-    assert "seed scores [450.0, 100.0, 300.0]" in shown and "next_action" in shown
     out = tmp_path / "tuning.md"
     assert tune.main(["export", *common, "--out", str(out)]) == 0
     table = out.read_text()
     assert table.count("| complete | 100.00 | 450.0, 100.0, 300.0 |") == 2
     assert "python benchmarks/tune.py study --task CartPole-v1" in table and "Machine: " in table and " UTC." in table
-    capsys.readouterr()
-    assert tune.main(["preset", *common]) == 0
-    entry = capsys.readouterr().out
-    assert "found by study 'CartPole-v1-worst-of-3' (benchmarks/tune.py), 2 trials" in entry
-    # the entry reads back as a preset with the trial's keywords on top of the task's
-    path = tmp_path / "deep_sarsa.yml"
-    path.write_text(entry)
-    loaded = load_presets(path)["CartPole-v1"]
+    # the best trial's keywords, as a preset entry takes them (tests/test_presets.py), build a model
     study = optuna.load_study(study_name="CartPole-v1-worst-of-3", storage=storage)
     best = tune.best_trials(study, 1)[0]
-    expected = {**harness.hyperparameters_of("CartPole-v1"), **tune._converted(best, "CartPole-v1", 50_000)}
-    assert loaded.hyperparameters == expected
-    assert loaded.n_timesteps == 50_000
-    DeepSARSA("MlpPolicy", "CartPole-v1", device="cpu", **loaded.hyperparameters)
+    assert f"Best: trial {best.number}, objective 100.00" in table
+    keywords = {**harness.hyperparameters_of("CartPole-v1"), **trained_keywords(best, "CartPole-v1")}
+    DeepSARSA("MlpPolicy", "CartPole-v1", device="cpu", **keywords)
 
 
 def test_the_near_preset_space_starts_from_the_preset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -187,8 +176,8 @@ def test_the_near_preset_space_starts_from_the_preset(monkeypatch: pytest.Monkey
     # the preset command gives back the keywords the best trial trained with
     best = tune.best_trials(study, 1)[0]
     trained = dict(calls[3 * best.number][1])
-    assert tune._converted(best, "CartPole-v1", 50_000, "near-preset") == {
-        key: trained[key] for key in tune._converted(best, "CartPole-v1", 50_000, "near-preset")
+    assert trained_keywords(best, "CartPole-v1", "near-preset") == {
+        key: trained[key] for key in trained_keywords(best, "CartPole-v1", "near-preset")
     }
     # the export's command to resume names the space (without it, the study would be refused)
     assert tune.main(["export", *common, "--out", str(tmp_path / "t.md")]) == 0
@@ -326,13 +315,9 @@ def test_next_action_fixes_the_variant_and_starts_from_the_preset_with_it(
     # the yml entry: the best trial (the smallest memory; seed 1002's score is the worst), next_action "stored"
     best = tune.best_trials(study, 1)[0]
     assert best.value == -min(keywords["buffer_size"] for keywords in calls) / 1000 - 2
-    capsys.readouterr()  # the study's log
-    assert tune.main(["preset", *common]) == 0
-    (tmp_path / "stored.yml").write_text(capsys.readouterr().out)
-    entry = load_presets(tmp_path / "stored.yml")["CliffWalking-v1"]
+    converted = trained_keywords(best, "CliffWalking-v1", "near-preset", "stored")
     trained = calls[3 * best.number]
-    assert entry.hyperparameters == {key: trained[key] for key in entry.hyperparameters}
-    assert entry.hyperparameters["next_action"] == "stored" and entry.env_kwargs == {"max_episode_steps": 200}
+    assert converted == {key: trained[key] for key in converted} and converted["next_action"] == "stored"
     # the export's command to resume names the variant
     assert tune.main(["export", *common, "--out", str(tmp_path / "t.md")]) == 0
     assert "--space near-preset --next-action stored`" in (tmp_path / "t.md").read_text()
@@ -390,35 +375,6 @@ def test_next_action_needs_the_near_preset_space(tmp_path: Path, capsys: pytest.
         tune.main(["study", "--task", "CartPole-v1", "--storage", storage, "--next-action", "stored", "--trials", "1"])
     assert exit_.value.code == 2
     assert "--next-action needs --space near-preset" in capsys.readouterr().err
-
-
-def test_preset_of_one_variant_from_a_study_that_samples_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # scores by variant: "sampled" 300 + lr, "expected" 200 + lr, "stored" 100 + lr (lr in 1e-3 units)
-    base = {"sampled": 300.0, "expected": 200.0, "stored": 100.0}
-    calls: list[dict[str, Any]] = []
-    fake_any_task(monkeypatch, calls, lambda keywords, seed: base[keywords["next_action"]] + keywords["learning_rate"] * 1e3)
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    common = ["--task", "CartPole-v1", "--storage", storage, "--space", "near-preset"]
-    assert tune.main(["study", *common, "--trials", "12", "--no-prune"]) == 0
-    study = optuna.load_study(study_name="CartPole-v1-worst-of-3-near-preset", storage=storage)
-    named = [*common, "--study-name", study.study_name]
-    capsys.readouterr()  # the study's log
-    for variant in sorted({trial.params["next_action"] for trial in study.get_trials()}):
-        ours = [trial for trial in study.get_trials() if trial.params["next_action"] == variant]
-        best = max(ours, key=lambda trial: trial.params["learning_rate"])
-        assert tune.main(["preset", *named, "--next-action", variant]) == 0
-        text = capsys.readouterr().out
-        assert f"trial {best.number} (its best of the {len(ours)} complete trials with next_action {variant!r})" in text
-        (tmp_path / "entry.yml").write_text(text)
-        keywords = load_presets(tmp_path / "entry.yml")["CartPole-v1"].hyperparameters
-        assert keywords["next_action"] == variant and keywords["learning_rate"] == best.params["learning_rate"]
-    missing = set(base) - {trial.params["next_action"] for trial in study.get_trials()}
-    for variant in missing:  # a variant no trial sampled: the error says so
-        with pytest.raises(SystemExit):
-            tune.main(["preset", *named, "--next-action", variant])
-        assert f"no complete trial with next_action {variant!r}" in capsys.readouterr().err
 
 
 def run_tune(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -500,7 +456,7 @@ def test_reading_a_missing_study_or_other_settings(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    for command in ("show", "export", "preset"):
+    for command in ("export",):
         with pytest.raises(SystemExit) as exit_:
             tune.main([command, "--task", "CartPole-v1", "--storage", storage])
         assert exit_.value.code == 2
@@ -509,17 +465,12 @@ def test_reading_a_missing_study_or_other_settings(
     fake_training(monkeypatch, [])
     assert tune.main(["study", "--task", "CartPole-v1", "--trials", "1", "--storage", storage]) == 0
     with pytest.raises(SystemExit):
-        tune.main(["show", "--task", "CartPole-v1", "--storage", storage, "--study-name", "other"])
+        tune.main(["export", "--task", "CartPole-v1", "--storage", storage, "--study-name", "other"])
     assert "--study-name: no study 'other'" in capsys.readouterr().err
     # the same study with another budget is refused: its trials would not compare
     with pytest.raises(SystemExit):
         tune.main(["study", "--task", "CartPole-v1", "--trials", "2", "--storage", storage, "--eval-episodes", "5"])
     assert "--eval-episodes: study 'CartPole-v1-worst-of-3' was run with episodes=20, not 5" in capsys.readouterr().err
-    # a study without a complete trial has no preset
-    optuna.create_study(study_name="empty", storage=storage)
-    with pytest.raises(SystemExit):
-        tune.main(["preset", "--task", "CartPole-v1", "--storage", storage, "--study-name", "empty"])
-    assert "study 'empty' has no complete trial yet" in capsys.readouterr().err
 
 
 def test_a_hopeless_trial_is_pruned_after_its_first_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def test_report_without_both_algorithms_names_the_folder(tmp_path: Path, capsys:
 
 def test_a_preset_job_trains_the_preset_and_times_its_evaluations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(harness.TASKS, "CartPole-v1", dict(steps=600, eval_freq=200, reference="rl-zoo DQN 500"))
-    run = json.loads(harness.run_job(("CartPole-v1", "sarsa-preset", 0, 1, tmp_path)).read_text())
+    run = json.loads(harness.write_result(tmp_path, harness.train_job("CartPole-v1", "sarsa-preset", 0, 1)).read_text())
     expected = preset("CartPole-v1").hyperparameters
     assert run["hyperparameters"] == {key: str(value) for key, value in expected.items()}
     assert "next_action" in run["hyperparameters"]
@@ -132,6 +132,6 @@ def test_a_preset_job_trains_the_preset_and_times_its_evaluations(tmp_path: Path
     assert 0 < seconds[0] < seconds[1] < seconds[2] <= run["train_seconds"] + 1e-6
     # a per-variant preset job trains preset(task, next_action=VARIANT)
     variant, env_id = "expected", "CartPole-v1"
-    run = json.loads(harness.run_job((env_id, f"sarsa-preset-{variant}", 0, 1, tmp_path)).read_text())
+    run = json.loads(harness.write_result(tmp_path, harness.train_job(env_id, f"sarsa-preset-{variant}", 0, 1)).read_text())
     wanted = preset(env_id, next_action=variant).hyperparameters
     assert run["hyperparameters"] == {key: str(value) for key, value in wanted.items()} and wanted["next_action"] == variant

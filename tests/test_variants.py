@@ -1,6 +1,5 @@
-"""benchmarks/variants.py: each next_action's grid result and best tuning trial, checked on hand-made trials."""
+"""`benchmarks/validate.py variants`: each next_action's grid result and best tuning trial, checked on hand-made trials."""
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -10,7 +9,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-import variants
+import validate as variants
 
 optuna = pytest.importorskip("optuna")
 
@@ -87,7 +86,7 @@ def test_the_report_reads_the_grid_and_every_study_of_a_task(tmp_path: Path) -> 
         for member in members:
             study.add_trial(member)
     output = tmp_path / "variants.md"
-    assert variants.report(argparse.Namespace(runs=runs, studies=studies, output=output)) == 0
+    assert variants.main(["variants", "--runs", str(runs), "--studies", str(studies), "--output", str(output)]) == 0
     text = output.read_text()
     assert "## CartPole-v1" in text and "## Acrobot-v1" not in text  # only tasks with results
     assert '| `"sampled"` | 400.0 [350.0, 450.0] (3) | 2 (2) | two #0 | 45.0 / 25.0 |' in text
