@@ -56,6 +56,7 @@ DIAGNOSIS: dict[str, dict[str, Any]] = {
     "sarsa-sampled-sync1000": dict(target_update_interval=1000),  # the target synced every 1000 steps, not every 10
     "sarsa-sampled-clip1": dict(max_grad_norm=1.0),  # gradients clipped at norm 1, not 10
     "sarsa-sampled-averagepick": {},  # a' picked by a slowly moving average of the online network (PickByAverage)
+    "sarsa-sampled-memoryeps": {},  # a' drawn with the mean ε of the steps in the memory (PickWithMemoryEpsilon)
 }
 EXTRA_ALGORITHMS += list(DIAGNOSIS)
 #: the lecture's own setting (its DeepSARSA only, one seed, the models kept for examples/mountain_car_lecture.py), the
@@ -142,6 +143,20 @@ class PickByAverage(PickByTarget):
         return self.q_net_average
 
 
+class PickWithMemoryEpsilon(DeepSARSA):
+    """DeepSARSA whose a' is drawn with the mean ε of the steps its replay memory holds, not the acting ε."""
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        held = range(max(0, self.num_timesteps - self.buffer_size), self.num_timesteps, max(1, self.buffer_size // 1000))
+        acting, total = self.exploration_rate, self._total_timesteps
+        self.exploration_rate = float(np.mean([self.exploration_schedule(1.0 - step / total) for step in held]))
+        super().train(gradient_steps, batch_size)
+        self.exploration_rate = acting  # the acting policy's again (logged, and what rollouts use)
+
+
+PICKERS = {"targetpick": PickByTarget, "averagepick": PickByAverage, "memoryeps": PickWithMemoryEpsilon}
+
+
 class Evaluate(BaseCallback):
     """Evaluates the deterministic policy every ``eval_freq`` steps; keeps its own time apart."""
 
@@ -186,7 +201,7 @@ def train_job(task: str, algorithm: str, seed: int, episodes: int) -> dict[str, 
         model = DeepSARSA("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
     else:
         next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")
-        kind = {"targetpick": PickByTarget, "averagepick": PickByAverage}.get(loss, DeepSARSA)
+        kind = PICKERS.get(loss, DeepSARSA)  # a diagnosis variant's class, by its name's suffix
         keywords: dict[str, Any] = dict(next_action=next_action, loss="huber" if loss == "huber" else "mse", **hyperparameters)
         keywords.update(DIAGNOSIS.get(algorithm, {}))
         model = kind("MlpPolicy", make_env(task), seed=seed, device="cpu", **keywords)
@@ -310,8 +325,12 @@ def cluster(scheduler: str | None, workers: int | None) -> Iterator[Any]:
     local = LocalCluster(
         n_workers=workers or os.cpu_count() or 1, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, **options
     )
-    with local, Client(local) as client:
-        yield client
+    try:
+        with Client(local) as client:
+            yield client
+    finally:  # a worker slow to exit on a loaded machine times the close out (seen 2026-12-07); results are written
+        with contextlib.suppress(TimeoutError):
+            local.close()
 
 
 def grid(args: argparse.Namespace, job: JobFunction | None = None) -> int:
@@ -409,7 +428,7 @@ def write_report(output: Path, text: str, plot: Any = None, dpi: int = 100) -> N
 
 def drop_in(grouped: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
     """Issue #31's check: the default (``sarsa-sampled``) against DQN where rl-zoo has an entry, by final return."""
-    lines = ["", "Drop-in (issue #31): the default `sarsa-sampled` against DQN, rl-zoo's entry unchanged for both.", ""]
+    lines = ["", "Drop-in (#31, docs/diagnosis.md): the default `sarsa-sampled` against DQN, rl-zoo's entry unchanged.", ""]
     lines += ["| task | seeds | DQN: final | DeepSARSA: final | median ≥ DQN's | IQR no wider | commits; CPU |"]
     lines += ["|---|---:|---:|---:|---|---|---|"]
     for task in (t for t in RL_ZOO_DQN if (t, "dqn") in grouped and (t, "sarsa-sampled") in grouped):
@@ -440,10 +459,8 @@ def report(args: argparse.Namespace) -> None:
         if runs := grouped.get((task, algorithm)):
             finals, areas = [r["curve"][-1][1] for r in runs], [float(np.mean([p[1] for p in r["curve"]])) for r in runs]
             seconds, rates = np.median([r["train_seconds"] for r in runs]), np.median([r["steps_per_second"] for r in runs])
-            lines.append(
-                f"| {task} | {algorithm} | {len(runs)} | {quartiles(finals)} | {quartiles(areas)} | {seconds:.0f} "
-                f"| {rates:.0f} | {TASKS[task]['reference']} |"
-            )
+            cells = f"| {task} | {algorithm} | {len(runs)} | {quartiles(finals)} | {quartiles(areas)} | {seconds:.0f}"
+            lines.append(f"{cells} | {rates:.0f} | {TASKS[task]['reference']} |")
     # One row of panels per task, one panel per DeepSARSA variant, DQN beside it in each
     variants = [a for a in algorithms if a != "dqn"]
     plot, axes = figure(max(len(tasks), 1), max(len(variants), 1), 4 * max(len(variants), 1))
@@ -472,7 +489,7 @@ def report(args: argparse.Namespace) -> None:
         "",
         f"Machine: {next(iter(grouped.values()))[0]['machine'] if grouped else ''}.",
         "",
-        f"Reproduce: `python benchmarks/harness.py grid --tasks {' '.join(other)} --seeds 5 --workers 2`, "
+        f"Reproduce: `python benchmarks/harness.py grid --tasks {' '.join(other)} --seeds 10 --workers 2` (5: 5-seed rows), "
         f"`python benchmarks/harness.py grid --tasks {' '.join(lecture)} --seeds 1` (20 minutes a run), "
         "then `python benchmarks/harness.py report`.",
     ]
@@ -504,25 +521,25 @@ def fell_after_reaching(curve: Sequence[float], bar: float) -> bool:
 
 def curves(args: argparse.Namespace) -> None:
     """Per seed, each algorithm's curve on ``args.task``, and how steady its end is (docs/diagnosis.md)."""
-    grouped, last, bar = load(args.runs), args.last, args.bar
+    grouped, last, bar, rng = load(args.runs), args.last, args.bar, np.random.default_rng(0)  # rng: the bootstrap's
     rows = [
         f"# Per-seed curves on {args.task}\n",
         f"Evaluations of the greedy policy (mean of 20 episodes) at each step; *end*: the last {last}.\n",
     ]
     rows += [
         f"| algorithm | seeds | final: median [IQR] | seeds ≥ {bar:g} at the end | end evaluations ≥ {bar:g} "
-        f"| mean at the end | seeds that reached {bar:g} and fell below later |"
+        f"| mean at the end [95% bootstrap over seeds] | seeds that reached {bar:g} and fell below later |"
     ]
     rows += ["|---|---:|---:|---:|---:|---:|---:|"]
     shown = [a for a in ALGORITHMS + EXTRA_ALGORITHMS if (args.task, a) in grouped and a in args.algorithms]
     for algorithm in shown:
         values = [[point[1] for point in result["curve"]] for result in grouped[args.task, algorithm]]
-        ends = [v for curve in values for v in curve[-last:]]
-        fell = sum(fell_after_reaching(curve, bar) for curve in values)
-        finals = [curve[-1] for curve in values]
+        finals, ends = [curve[-1] for curve in values], np.array([curve[-last:] for curve in values])
+        fell, means = sum(fell_after_reaching(curve, bar) for curve in values), ends.mean(axis=1)
+        low, high = np.percentile(rng.choice(means, (10_000, len(means))).mean(axis=1), [2.5, 97.5])  # seeds resampled
         rows.append(
             f"| {algorithm} | {len(values)} | {quartiles(finals)} | {sum(v >= bar for v in finals)}/{len(values)} "
-            f"| {sum(v >= bar for v in ends)}/{len(ends)} | {np.mean(ends):.0f} | {fell}/{len(values)} |"
+            f"| {(ends >= bar).sum()}/{ends.size} | {means.mean():.0f} [{low:.0f}, {high:.0f}] | {fell}/{len(values)} |"
         )
     for algorithm in shown:
         results = grouped[args.task, algorithm]

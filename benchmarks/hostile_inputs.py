@@ -237,11 +237,6 @@ def measure(folder: str, statement: str, timeout: float) -> None:
     print(json.dumps({"seconds": time.perf_counter() - start, "load": load, "peak": peak, "outcome": outcome}))
 
 
-def run(folder: pathlib.Path, statement: str, timeout: float) -> dict[str, float | str | None]:  # in a process of its own
-    command = [sys.executable, __file__, "--measure", str(folder), statement, str(timeout)]
-    return dict(json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=pathlib.Path, default=None, help="also write the table (markdown) here")
@@ -262,8 +257,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         folder = pathlib.Path(directory)
         os.environ[CONFIG] = str(folder / "config")
-        for label, statement in build(folder):
-            result = run(folder, statement, args.timeout)
+        for label, statement in build(folder):  # each measured in a process of its own
+            command = [sys.executable, __file__, "--measure", str(folder), statement, str(args.timeout)]
+            result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
             load = "-" if result["load"] is None else f"{result['load']:.2f}"
             rows.append(f"| {label} | {load} | {result['seconds']:.1f} | {result['peak']:.0f} | {result['outcome']} |")
             print(rows[-1], flush=True)

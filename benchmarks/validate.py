@@ -210,13 +210,6 @@ class Best(NamedTuple):
     mean_area: float
 
 
-def worst_scores(curves: Sequence[Sequence[Sequence[float]]]) -> tuple[float, float]:
-    """The worst seed's mean of its last 20% of evaluations, and the worst seed's area under the curve."""
-    if not curves:
-        raise ValueError("a trial needs at least one seed's curve")
-    return min(last_fraction_mean(curve) for curve in curves), min(area_under_curve(curve) for curve in curves)
-
-
 def by_variant(trials: Iterable[tuple[str, Any]]) -> dict[str, tuple[int, int, Best | None]]:
     """(study name, finished trial) pairs by ``next_action``: (finished trials, complete trials, the best or None)."""
     counts: dict[str, list[int]] = {}
@@ -227,9 +220,8 @@ def by_variant(trials: Iterable[tuple[str, Any]]) -> dict[str, tuple[int, int, B
         if trial.state.name != "COMPLETE":
             continue
         counts[variant][1] += 1
-        curves = trial.user_attrs["curves"]
-        mean_area = float(np.mean([area_under_curve(curve) for curve in curves]))
-        candidate = Best(study, trial.number, *worst_scores(curves), mean_area)
+        curves, areas = trial.user_attrs["curves"], [area_under_curve(curve) for curve in trial.user_attrs["curves"]]
+        candidate = Best(study, trial.number, min(map(last_fraction_mean, curves)), min(areas), float(np.mean(areas)))
         if variant not in best or candidate[2:] > best[variant][2:]:
             best[variant] = candidate
     return {variant: (total, complete, best.get(variant)) for variant, (total, complete) in counts.items()}

@@ -180,8 +180,9 @@ def test_curves_counts_each_seeds_end(tmp_path: Path) -> None:
         harness.main(["curves", "--algorithms", "dqn", "--last", "5", "--runs", str(tmp_path), "--output", str(output)]) == 0
     )
     # finals 500, 100, 480: 2 of 3 at 475 or more; the last 5: 5 + 3 + 1 = 9 of 15, mean (2500 + 1700 + 880) / 15;
-    # seed 1 fell after reaching it
-    assert "| dqn | 3 | 480.0 [290.0, 490.0] | 2/3 | 9/15 | 339 | 1/3 |" in output.read_text()
+    # seed 1 fell after reaching it. Seed means 500, 340 and 176: a resample of 3 seeds is all one seed with
+    # probability 1/27 > 2.5%, so the bootstrap's 95% interval runs from the lowest seed mean to the highest
+    assert "| dqn | 3 | 480.0 [290.0, 490.0] | 2/3 | 9/15 | 339 [176, 500] | 1/3 |" in output.read_text()
     assert "| 2 | 100 | 100 | 100 | 100 | 100 | 480 |" in output.read_text()
 
 
@@ -210,3 +211,24 @@ def test_the_drop_in_table_checks_the_default_against_dqn(tmp_path: Path) -> Non
     assert (
         "| Acrobot-v1 | 3/3 | -80.0 [-80.0, -80.0] | -90.0 [-95.0, -80.0] | no (-90.0 vs -80.0) | no (15.0 vs 0.0) |" in text
     )
+
+
+def test_pick_with_memory_epsilon_draws_a_prime_with_the_memorys_mean_epsilon(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, float]] = []
+    train = DeepSARSA.train
+
+    def spy(model: DeepSARSA, gradient_steps: int, batch_size: int = 100) -> None:
+        seen.append((model.num_timesteps, model.exploration_rate))
+        train(model, gradient_steps, batch_size)
+
+    monkeypatch.setattr(DeepSARSA, "train", spy)
+    keywords: dict = dict(learning_starts=100, exploration_fraction=0.5, exploration_final_eps=0.1, train_freq=500)
+    model = harness.PickWithMemoryEpsilon("MlpPolicy", "CartPole-v1", buffer_size=1000, gradient_steps=1, **keywords)
+    model.learn(4000)
+    # ε(s) = 1 - 0.9 s / 2000 up to step 2000, then 0.1; the memory holds steps t - 1000 .. t - 1 (0 .. t - 1 early)
+    epsilon = {t: 1 - 0.9 * ((max(0, t - 1000) + t - 1) / 2) / 2000 for t in (500, 1000, 1500)} | {3000: 0.1, 3500: 0.1}
+    assert set(epsilon) <= {step for step, _ in seen}
+    for step, rate in seen:
+        if step in epsilon:
+            assert rate == pytest.approx(epsilon[step], abs=1e-9), step
+    assert model.exploration_rate == pytest.approx(0.1)  # the acting ε is back after each train

@@ -95,6 +95,31 @@ def test_a_local_cluster_runs_every_job_once(
     assert sum(len(lines) for lines in runs_of(markers).values()) == 10, "nothing ran again"
 
 
+def test_a_local_cluster_slow_to_close_does_not_fail_a_finished_grid(
+    harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # seen on a loaded 2-core machine: a worker process slow to exit, and LocalCluster.close raising TimeoutError
+    # after every result was written; the grid's exit status is its jobs', not the shutdown's
+    from distributed import LocalCluster
+
+    close = LocalCluster.close
+    closed: list[bool] = []
+
+    def slow_close(self: LocalCluster, timeout: float | None = None) -> None:
+        close(self, timeout)
+        closed.append(True)
+        raise TimeoutError
+
+    monkeypatch.setattr(LocalCluster, "close", slow_close)
+    markers, runs = tmp_path / "markers", tmp_path / "runs"
+    markers.mkdir()
+    monkeypatch.setenv("GRID_TEST_MARKERS", str(markers))
+    grid = ["grid", "--tasks", "CartPole-v1", "--algorithms", "dqn", "--seeds", "2", "--runs", str(runs), "--workers", "1"]
+    assert harness.main(grid, job=fake_job) == 0
+    assert closed and "2 of 2 jobs done (0 before, 2 now)" in capsys.readouterr().out
+    assert len(list(runs.glob("CartPole-v1/dqn/seed*.json"))) == 2
+
+
 @pytest.fixture(scope="module")
 def cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """

@@ -38,12 +38,11 @@ C = [curve([500, 500, 500, 500, 500])]  # pruned: counted, never best
 D = [curve([60, 60, 60, 60, 60]), curve([70, 70, 70, 70, 70])]
 
 
-def test_worst_scores_are_the_worst_seeds_last_20_percent_and_area() -> None:
-    assert variants.worst_scores(A) == (45.0, 9.0)
-    # ten evaluations: the last 20% is the last two
-    assert variants.worst_scores([curve([0] * 8 + [10, 20]), curve([100] * 10)]) == (15.0, 3.0)
-    with pytest.raises(ValueError, match="at least one seed"):
-        variants.worst_scores([])
+def test_a_trial_is_scored_by_its_worst_seeds_last_20_percent_and_area() -> None:
+    # A: seed areas 30 and 9; ten evaluations: the last 20% is the last two (15 and 100), areas 3 and 100
+    assert variants.by_variant([("s", trial(0, "sampled", A))])["sampled"][2] == variants.Best("s", 0, 45.0, 9.0, 19.5)
+    ten = [curve([0] * 8 + [10, 20]), curve([100] * 10)]
+    assert variants.by_variant([("s", trial(0, "stored", ten))])["stored"][2] == variants.Best("s", 0, 15.0, 3.0, 51.5)
 
 
 def test_trials_are_grouped_by_variant_and_the_best_complete_one_is_kept() -> None:
