@@ -167,6 +167,23 @@ def test_pick_by_target_with_greedy_a_prime_is_dqns_target() -> None:
     assert not th.allclose(online_pick, expected)  # the test sees which network picks
 
 
+@pytest.mark.parametrize("kind", [harness.PickByAverage, harness.PICKERS["slowpick"]], ids=["averagepick", "slowpick"])
+def test_pick_by_average_moves_its_picker_toward_the_online_network_by_tau_per_gradient_step(kind: type) -> None:
+    # #31's lagging pickers: after k gradient steps the picker is (1 - τ)^k of itself and the rest the online network
+    model = kind("MlpPolicy", "CartPole-v1", learning_starts=0, buffer_size=100, batch_size=16, seed=0)
+    model.learn(40)
+    with th.no_grad():
+        for parameter in model.q_net.parameters():
+            parameter.add_(th.randn_like(parameter))  # the online network far from the picker, so that τ shows
+    before = [parameter.detach().clone() for parameter in model.q_net_average.parameters()]
+    model.train(gradient_steps=7, batch_size=16)
+    kept = (1 - {"PickByAverage": 0.005, "PickBySlowAverage": 1e-4}[kind.__name__]) ** 7
+    for old, online, average in zip(before, model.q_net.parameters(), model.q_net_average.parameters(), strict=True):
+        assert th.allclose(average, kept * old + (1 - kept) * online.detach(), atol=1e-7)
+    assert any(not th.equal(old, online) for old, online in zip(before, model.q_net.parameters(), strict=True))
+    assert model._picker(th.zeros(1)) is model.q_net_average  # what picks a'
+
+
 def test_curves_counts_each_seeds_end(tmp_path: Path) -> None:
     ends = {0: [100, 500, 500, 500, 500, 500], 1: [100, 500, 500, 100, 500, 100], 2: [100, 100, 100, 100, 100, 480]}
     for seed, returns in ends.items():
