@@ -1,13 +1,10 @@
 """
-What each piece of the speed layer (``deep_sarsa.fast``) gains, and where the time goes, in the settings of
-``benchmarks/throughput.py`` (docs/speed.md):
-
-* ``--mode runs``: steps/s of whole runs with every piece on, against runs with one piece on PyTorch's plain path
-  (``fast.PLAIN``), alternating; the gain is the median ratio - 1, in process CPU time and wall-clock.
-* ``--mode paired``: one run per piece, switched on and off at alternate calls of the phase it speeds up; the time it
-  saves is a share of the run's time (both halves see the same machine: its drift cancels).
-
-Where the time goes: ``python -m cProfile -s tottime benchmarks/throughput.py --settings step --repetitions 1``.
+What each piece of the speed layer (``deep_sarsa.fast``) gains in the settings of ``benchmarks/throughput.py``
+(docs/speed.md). ``--mode runs``: steps/s of whole runs with every piece on, against runs with one piece on PyTorch's
+plain path (``fast.PLAIN``), alternating; the gain is the median ratio - 1, in process CPU time and wall-clock.
+``--mode paired``: one run per piece, switched on and off at alternate calls of the phase it speeds up; the time it
+saves is a share of the run's time (both halves see the same machine: its drift cancels). Where the time goes:
+``python -m cProfile -s tottime benchmarks/throughput.py --settings step --repetitions 1``.
 
     python benchmarks/ablation.py --mode runs --repetitions 3 --steps 10000 --threads 1
     python benchmarks/ablation.py --mode paired --steps 10000 --threads 1 --output benchmarks/results/ablation.md
@@ -15,6 +12,7 @@ Where the time goes: ``python -m cProfile -s tottime benchmarks/throughput.py --
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import statistics
@@ -47,11 +45,11 @@ def plain(pieces: set[str]) -> Iterator[None]:
         fast.PLAIN = saved
 
 
-def steps_per_second(variant: str, setting: str, steps: int, seed: int, next_action: str = "sampled") -> tuple[float, float]:
+def steps_per_second(variant: str, setting: str, seed: int, steps: int, next_action: str = "sampled") -> tuple[float, float]:
     """Env-steps per second (wall-clock, process CPU time) of ``learn(steps)`` with ``variant`` on the plain path."""
     with plain(set(fast.PIECES) if variant == "all plain" else {variant} & set(fast.PIECES)):
         flush = variant not in ("flush_denormal", "all plain")
-        return throughput.steps_per_second(f"sarsa-{next_action}", setting, steps, seed, flush_denormal=flush)
+        return throughput.steps_per_second(f"sarsa-{next_action}", setting, seed, steps, flush_denormal=flush)
 
 
 def alternating(function: Callable[..., Any], piece: str, times: dict[bool, list[float]]) -> Callable[..., Any]:
@@ -71,7 +69,7 @@ def alternating(function: Callable[..., Any], piece: str, times: dict[bool, list
     return timed
 
 
-def paired_saving(piece: str, setting: str, steps: int, seed: int, next_action: str = "sampled") -> tuple[float, float]:
+def paired_saving(piece: str, setting: str, seed: int, steps: int, next_action: str = "sampled") -> tuple[float, float]:
     """
     The fraction of a run's time that ``piece`` saves, with the piece on and off at alternate calls.
 
@@ -106,10 +104,7 @@ def describe(args: argparse.Namespace, mode: str) -> str:
 
 def main_paired(args: argparse.Namespace) -> str:
     """Run the paired measurement of every call-switched piece; return the markdown table."""
-
-    def run(piece: str, setting: str, seed: int) -> tuple[float, float]:
-        return paired_saving(piece, setting, args.steps, seed, next_action=args.next_action)
-
+    run = functools.partial(paired_saving, steps=args.steps, next_action=args.next_action)
     results = alternate(args, args.pieces, run, "saves {:+.1%} ({:.0f} steps/s)")
     lines = [
         describe(args, "paired calls"),
@@ -127,10 +122,7 @@ def main_paired(args: argparse.Namespace) -> str:
 
 def main_runs(args: argparse.Namespace) -> str:
     """Run the whole-run measurement of every piece; return the markdown table."""
-
-    def run(variant: str, setting: str, seed: int) -> tuple[float, float]:
-        return steps_per_second(variant, setting, args.steps, seed, next_action=args.next_action)
-
+    run = functools.partial(steps_per_second, steps=args.steps, next_action=args.next_action)
     results = alternate(args, VARIANTS, run, "{:6.0f} steps/s wall, {:6.0f} CPU")
     lines = [
         describe(args, "whole runs"),
@@ -146,9 +138,8 @@ def main_runs(args: argparse.Namespace) -> str:
             wall_gain = statistics.median(base[0] / rate[0] for rate, base in zip(rates, default, strict=True)) - 1
             name = "nothing (every piece on)" if variant == "default" else f"`{variant}`"
             gains = ("", "") if variant == "default" else (f"{cpu_gain:+.1%}", f"{wall_gain:+.1%}")
-            lines.append(
-                f"| {setting} | {name} | {statistics.median(rate[1] for rate in rates):.0f} | {gains[0]} | {gains[1]} |"
-            )
+            rate = statistics.median(rate[1] for rate in rates)
+            lines.append(f"| {setting} | {name} | {rate:.0f} | {gains[0]} | {gains[1]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ skipped: the same command resumes). Details: docs/benchmarks.md.
 import argparse
 import contextlib
 import copy
+import functools
 import io
 import itertools
 import json
@@ -38,6 +39,7 @@ from stable_baselines3.common.utils import polyak_update
 
 from deep_sarsa import DeepSARSA
 from deep_sarsa.atomic import atomic_path
+from deep_sarsa.buffers import NextState, sample_with_indices
 from deep_sarsa.masking import toy_text_action_mask
 from deep_sarsa.presets import LECTURE_MOUNTAIN_CAR, NEXT_ACTIONS, RL_ZOO_DQN, preset, rl_zoo_dqn
 from deep_sarsa.wrappers import TimeLimitAsTermination
@@ -47,19 +49,8 @@ from throughput import cpu_model
 
 RUNS = Path(__file__).parent / "runs"
 ALGORITHMS = ["dqn", "sarsa-sampled", "sarsa-expected", "sarsa-stored"]
-#: also runnable: DeepSARSA with DQN's Huber loss, the package's presets, and #31's diagnosis (docs/diagnosis.md): a'
-#: (or its probabilities) picked by the target network
+#: also runnable: DeepSARSA with DQN's Huber loss, the package's presets, and #31's diagnosis (``DIAGNOSIS``, below)
 EXTRA_ALGORITHMS = [*(f"sarsa-{v}-huber" for v in NEXT_ACTIONS), "sarsa-preset", *(f"sarsa-preset-{v}" for v in NEXT_ACTIONS)]
-DIAGNOSIS: dict[str, dict[str, Any]] = {
-    "sarsa-sampled-targetpick": {},  # a' picked by the target network (PickByTarget)
-    "sarsa-expected-targetpick": {},
-    "sarsa-sampled-sync1000": dict(target_update_interval=1000),  # the target synced every 1000 steps, not every 10
-    "sarsa-sampled-clip1": dict(max_grad_norm=1.0),  # gradients clipped at norm 1, not 10
-    "sarsa-sampled-averagepick": {},  # a' picked by a slowly moving average of the online network (PickByAverage)
-    "sarsa-sampled-slowpick": {},  # the same, lagging ~10k gradient steps (τ = 1e-4): as old as the mean stored a'
-    "sarsa-sampled-memoryeps": {},  # a' drawn with the mean ε of the steps in the memory (PickWithMemoryEpsilon)
-}
-EXTRA_ALGORITHMS += list(DIAGNOSIS)
 #: the lecture's own setting (its DeepSARSA only, one seed, the models kept for examples/mountain_car_lecture.py), the
 #: second with the 200-step limit taken as termination
 LECTURE_TASKS = ["MountainCar-v0-lecture", "MountainCar-v0-lecture-timeout-terminal"]
@@ -127,9 +118,11 @@ class PickByTarget(DeepSARSA):
 
 
 class PickByAverage(PickByTarget):
-    """DeepSARSA whose a' comes from a slowly moving average of the online network (τ per gradient step)."""
+    """DeepSARSA whose a' comes from a slowly moving average of the online network (``average_tau`` per gradient step)."""
 
-    average_tau = 0.005
+    def __init__(self, *args: Any, average_tau: float = 0.005, **kwargs: Any) -> None:
+        self.average_tau = average_tau
+        super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -155,8 +148,49 @@ class PickWithMemoryEpsilon(DeepSARSA):
         self.exploration_rate = acting  # the acting policy's again (logged, and what rollouts use)
 
 
-PICKERS = {"targetpick": PickByTarget, "averagepick": PickByAverage, "memoryeps": PickWithMemoryEpsilon}
-PICKERS["slowpick"] = cast(type[DeepSARSA], type("PickBySlowAverage", (PickByAverage,), dict(average_tau=1e-4)))
+class HalfStored(DeepSARSA):
+    """DeepSARSA (``next_action="stored"``) whose a' is the stored one on a random half of the rows, sampled elsewhere."""
+
+    def _sample(self, batch_size: int) -> tuple[Any, Any]:
+        samples, next_state = super()._sample(batch_size)
+        stored = cast(th.Tensor, next_state.stored_actions)  # next_action="stored": every row has one (-1: none)
+        kept = th.where(th.rand(stored.shape, device=stored.device) < 0.5, stored, -1)  # -1: drawn from the policy
+        return samples, next_state._replace(stored_actions=kept, all_stored=False)
+
+
+class PickWithRowEpsilon(DeepSARSA):
+    """DeepSARSA whose a' is drawn with the ε its row's step was taken with (one env), not the acting ε."""
+
+    def _sample(self, batch_size: int) -> tuple[Any, Any]:
+        assert self.replay_buffer is not None
+        samples, rows, _ = sample_with_indices(self.replay_buffer, batch_size, self._vec_normalize_env)
+        steps = self.num_timesteps - (self.replay_buffer.pos - rows) % self.buffer_size
+        done = np.clip(steps / (self.exploration_fraction * self._total_timesteps), 0.0, 1.0)  # SB3's linear schedule
+        epsilon = self.exploration_initial_eps + done * (self.exploration_final_eps - self.exploration_initial_eps)
+        explore = np.random.rand(batch_size) < np.where(steps < self.learning_starts, 1.0, epsilon)  # a' drawn here (as
+        # "stored" a', which is why its next_action is "stored"); -1: the online network's greedy pick at update time
+        actions = np.where(explore, np.random.randint(self.action_space.n, size=batch_size), -1)  # type: ignore[attr-defined]
+        return samples, NextState(stored_actions=th.as_tensor(actions.reshape(-1, 1), device=self.device))
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        acting, self.exploration_rate = self.exploration_rate, 0.0  # where _sample drew no a', the greedy pick
+        super().train(gradient_steps, batch_size)
+        self.exploration_rate = acting  # the acting policy's again (logged, and what rollouts use)
+
+
+#: #31's diagnosis on rl-zoo's DQN entries (docs/diagnosis.md): DeepSARSA variants by name, (class, keywords)
+DIAGNOSIS: dict[str, tuple[type[DeepSARSA], dict[str, Any]]] = {
+    "sarsa-sampled-targetpick": (PickByTarget, {}),  # a' (or its probabilities) picked by the target network
+    "sarsa-expected-targetpick": (PickByTarget, {}),
+    "sarsa-sampled-sync1000": (DeepSARSA, dict(target_update_interval=1000)),  # the target synced every 1000 steps
+    "sarsa-sampled-clip1": (DeepSARSA, dict(max_grad_norm=1.0)),  # gradients clipped at norm 1, not 10
+    "sarsa-sampled-averagepick": (PickByAverage, {}),  # a' picked by a slowly moving average of the online network
+    "sarsa-sampled-slowpick": (PickByAverage, dict(average_tau=1e-4)),  # lagging ~10k gradient steps: as old as stored a'
+    "sarsa-sampled-memoryeps": (PickWithMemoryEpsilon, {}),  # a' drawn with the mean ε of the steps in the memory
+    "sarsa-stored-half": (HalfStored, {}),  # a' stored on a random half of the rows, drawn from the policy elsewhere
+    "sarsa-sampled-roweps": (PickWithRowEpsilon, dict(next_action="stored")),  # a' drawn with its row's ε
+}
+EXTRA_ALGORITHMS += list(DIAGNOSIS)
 
 
 class Evaluate(BaseCallback):
@@ -203,9 +237,9 @@ def train_job(task: str, algorithm: str, seed: int, episodes: int) -> dict[str, 
         model = DeepSARSA("MlpPolicy", make_env(task), seed=seed, device="cpu", **hyperparameters)
     else:
         next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")
-        kind = PICKERS.get(loss, DeepSARSA)  # a diagnosis variant's class, by its name's suffix
+        kind, changed = DIAGNOSIS.get(algorithm, (DeepSARSA, {}))
         keywords: dict[str, Any] = dict(next_action=next_action, loss="huber" if loss == "huber" else "mse", **hyperparameters)
-        keywords.update(DIAGNOSIS.get(algorithm, {}))
+        keywords.update(changed)
         model = kind("MlpPolicy", make_env(task), seed=seed, device="cpu", **keywords)
     evaluate = Evaluate(task, settings["eval_freq"], episodes, seed=10_000 + seed)
     start = time.perf_counter()
@@ -347,12 +381,8 @@ def grid(args: argparse.Namespace, job: JobFunction | None = None) -> int:
     failed: list[str] = []
     if todo:
         with cluster(args.scheduler, args.workers) as client:
-            futures = {
-                client.submit(
-                    job or train_job, *item, key=f"{describe(item)} {uuid.uuid4().hex[:8]}", retries=args.retries
-                ): item
-                for item in todo
-            }
+            submit = functools.partial(client.submit, job or train_job, retries=args.retries)
+            futures = {submit(*item, key=f"{describe(item)} {uuid.uuid4().hex[:8]}"): item for item in todo}
             for count, future in enumerate(as_completed(futures), 1):
                 try:
                     result = future.result()

@@ -124,19 +124,11 @@ def build(folder: pathlib.Path) -> list[tuple[str, str]]:
     box._shape = (10**9,)
     _rewrite(folder, "observations.zip", lambda data: data.update(observation_space=_serialized(box)))
     bomb = _rewrite(folder, "bomb.zip", lambda data: None)
-    with (
-        zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as archive,
-        archive.open("extra.pth", "w", force_zip64=True) as entry,
-    ):
+    with zipfile.ZipFile(bomb, "a", zipfile.ZIP_DEFLATED) as zipped, zipped.open("extra.pth", "w", force_zip64=True) as entry:
         for _ in range(4096):
             entry.write(bytes(2**20))
-    for path in (
-        "zero/gen-00000001-step-64/manifest.json",
-        "fifo/gen-00000001-step-64/manifest.json",
-        "z/model.zip",
-        "npz/eval/evaluations.npz",
-    ):
-        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+    for path in ("zero/gen-00000001-step-64", "fifo/gen-00000001-step-64", "z", "npz/eval", "links", "outside"):
+        (folder / path).mkdir(parents=True)
     (folder / "zero/gen-00000001-step-64/manifest.json").symlink_to("/dev/zero")
     os.mkfifo(folder / "fifo/gen-00000001-step-64/manifest.json")
     (folder / "z" / "model.zip").symlink_to("/dev/zero")
@@ -152,8 +144,6 @@ def build(folder: pathlib.Path) -> list[tuple[str, str]]:
     _buffer(folder, "size.pkl", lambda b: setattr(b, "buffer_size", 10**6))
     _run(folder / "original", "a" * 32)
     shutil.copytree(folder / "original", folder / "copy")
-    (folder / "links").mkdir()
-    (folder / "outside").mkdir()
     for name in ("model.zip", "run.json", "best_model.zip"):
         (folder / "links" / name).symlink_to(folder / "outside" / name)
     _run(folder / "rolled", "b" * 32, 100, keep=2)  # the older generation copied under the next name
@@ -168,10 +158,7 @@ def build(folder: pathlib.Path) -> list[tuple[str, str]]:
     cli = "sys.exit(main({}))"
     return [
         ("32-byte pickle asking for `bytearray(10 GiB)`, as a replay buffer", buffer.replace("P", "'bytearray.pkl'")),
-        (
-            "the same under an unknown key of a model's `data` (`deep-sarsa evaluate`)",
-            cli.format("['evaluate', 'unknown_key.zip']"),
-        ),
+        ("the same under an unknown key of a model's `data` (`evaluate`)", cli.format("['evaluate', 'unknown_key.zip']")),
         ("100 KB model declaring `net_arch` [30000, 30000, 30000] (`evaluate`)", cli.format("['evaluate', 'net_arch.zip']")),
         ("model declaring `Discrete(10**9)` actions", load.replace("P", "'actions.zip'")),
         ("model declaring a `Box` of 10**9 dimensions", load.replace("P", "'observations.zip'")),

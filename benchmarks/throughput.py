@@ -3,14 +3,14 @@ Env-steps per second of DeepSARSA (each ``next_action`` variant) and SB3's DQN a
 alternately in one process, several repetitions; each run timed in wall-clock (what a user waits) and process CPU time
 (what it costs: with one torch thread, the wall-clock of an idle machine, so it stays meaningful on a shared one).
 Settings: ``zoo``, rl-zoo's CartPole-v1 DQN entry (train_freq 256, gradient_steps 128, batch 64, [256, 256]); ``step``,
-the same with train_freq 4, gradient_steps 1. That a speed-up changes no bit of training is tested, piece by piece
-(tests/test_fast.py).
+the same with train_freq 4, gradient_steps 1. tests/test_fast.py checks that no speed-up changes a bit of training.
 
     python benchmarks/throughput.py                        # 5 repetitions, 20k steps each
     python benchmarks/throughput.py --repetitions 2 --steps 5000 --threads 1
 """
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -58,7 +58,7 @@ def make_model(algorithm: str, setting: str, seed: int, **keywords: Any) -> DQN 
     return DeepSARSA("MlpPolicy", "CartPole-v1", next_action=algorithm.split("-")[1], **kwargs, **keywords)  # type: ignore[arg-type]
 
 
-def steps_per_second(algorithm: str, setting: str, steps: int, seed: int, **keywords: Any) -> tuple[float, float]:
+def steps_per_second(algorithm: str, setting: str, seed: int, steps: int, **keywords: Any) -> tuple[float, float]:
     """Env-steps per second of wall-clock time and of process CPU time, for one ``learn(steps)``."""
     model = make_model(algorithm, setting, seed, **keywords)
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -92,10 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         th.set_num_threads(args.threads)
-
-    def run(algorithm: str, setting: str, seed: int) -> tuple[float, float]:
-        return steps_per_second(algorithm, setting, args.steps, seed)
-
+    run = functools.partial(steps_per_second, steps=args.steps)
     results = alternate(args, ALGORITHMS, run, "{:6.0f} steps/s wall, {:6.0f} CPU")
     lines = [
         f"{args.steps} steps per run, {args.repetitions} repetitions, torch threads: {th.get_num_threads()}; "

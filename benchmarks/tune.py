@@ -320,10 +320,8 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, settings: di
     for key, option in options.items():
         stored = study.user_attrs.get(key, defaults.get(key))
         if stored is not None and stored != settings[key]:
-            raise ValueError(
-                f"{option}: study {name!r} was run with {key}={stored!r}, not {settings[key]!r}; "
-                "give the same settings, or another --study-name"
-            )
+            hint = "give the same settings, or another --study-name"
+            raise ValueError(f"{option}: study {name!r} was run with {key}={stored!r}, not {settings[key]!r}; {hint}")
     return study
 
 
@@ -386,11 +384,9 @@ def run_study(args: argparse.Namespace) -> int:
                     status = 1
     states = [trial.state for trial in study.get_trials(deepcopy=False)]
     best = f"; best {study.best_value:.2f} (trial {study.best_trial.number})" if TrialState.COMPLETE in states else ""
-    print(
-        f"study {name!r}: {states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} pruned, "
-        f"{states.count(TrialState.FAIL)} failed, {states.count(TrialState.RUNNING)} running{best}",
-        flush=True,
-    )
+    count = {state: states.count(state) for state in TrialState}
+    summary = f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed"
+    print(f"study {name!r}: {summary}, {count[TrialState.RUNNING]} running{best}", flush=True)
     return status
 
 

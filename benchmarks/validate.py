@@ -148,10 +148,9 @@ def report(args: argparse.Namespace) -> None:
         for algorithm in algorithms[len(ALGORITHMS) :]:
             bars = checks(task, numbers[algorithm], numbers["dqn"])
             variant_lines.append(f"- **{task}**, `{algorithm}`: " + verdict(bars, "no"))
-            reproduce_variants += f" {algorithm}: `python benchmarks/validate.py run --tasks {task} --variants "
-            reproduce_variants += (
-                f"{algorithm.removeprefix('sarsa-preset-')} --seeds {len(grouped[task, algorithm])} --workers 2`."
-            )
+            count = len(grouped[task, algorithm])
+            command = f"run --tasks {task} --variants {algorithm.removeprefix('sarsa-preset-')} --seeds {count}"
+            reproduce_variants += f" {algorithm}: `python benchmarks/validate.py {command} --workers 2`."
         for algorithm in algorithms:
             results = grouped[task, algorithm]
             curves = np.array([[point[1] for point in r["curve"]] for r in results])
@@ -220,6 +219,8 @@ def by_variant(trials: Iterable[tuple[str, Any]]) -> dict[str, tuple[int, int, B
         if trial.state.name != "COMPLETE":
             continue
         counts[variant][1] += 1
+        if not trial.user_attrs.get("curves"):
+            raise ValueError(f"study {study!r}, trial {trial.number}: complete, but no seed's curve (user attribute 'curves')")
         curves, areas = trial.user_attrs["curves"], [area_under_curve(curve) for curve in trial.user_attrs["curves"]]
         candidate = Best(study, trial.number, min(map(last_fraction_mean, curves)), min(areas), float(np.mean(areas)))
         if variant not in best or candidate[2:] > best[variant][2:]:
@@ -330,9 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for command in (run_parser, report_parser):
         command.add_argument("--runs", type=Path, default=RUNS)
     variants_parser = commands.add_parser("variants", help="each next_action per task, from the grid and the studies")
-    variants_parser.add_argument(
-        "--runs", type=Path, default=harness.RUNS, help="the grid's results (default benchmarks/runs)"
-    )
+    variants_parser.add_argument("--runs", type=Path, default=harness.RUNS, help="the grid's (default benchmarks/runs)")
     variants_parser.add_argument("--studies", type=Path, default=STUDIES, help="default benchmarks/studies")
     variants_parser.add_argument("--output", type=Path, default=OUTPUT.with_name("variants.md"))
     args = parser.parse_args(argv)

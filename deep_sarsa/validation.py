@@ -577,13 +577,14 @@ def make_env(env_id: str) -> gym.Env:
 
 
 #: ``__init__`` keywords that are not settings of the model
-_NOT_SETTINGS = frozenset({"self", "policy", "env", "_init_setup_model"})
+_NOT_SETTINGS = frozenset({"self", "policy", "env", "_init_setup_model", "warn"})
 
 
 def model_settings(model: Any) -> dict[str, Any]:
     """
-    A model's current settings as its constructor takes them: each keyword of its class's
-    ``__init__`` read from the attribute of that name (or ``_name``), ``train_freq`` as SB3's
+    A model's current settings as its constructor takes them: each keyword of
+    :func:`check_hyperparameters` and of its class's ``__init__`` (a subclass's ``*args, **kwargs`` pass
+    DeepSARSA's on) read from the attribute of that name (or ``_name``), ``train_freq`` as SB3's
     ``TrainFreq`` turned back into ``(n, unit)``. For :func:`check_hyperparameters` after a change
     (an assignment, ``load(..., **kwargs)``, ``custom_objects``, a file's saved values).
 
@@ -591,8 +592,14 @@ def model_settings(model: Any) -> dict[str, Any]:
     :return: the settings by keyword
     """
     settings: dict[str, Any] = {}
-    for keyword in inspect.signature(type(model).__init__).parameters:
-        if keyword in _NOT_SETTINGS:
+    checked, constructor = inspect.signature(check_hyperparameters), inspect.signature(type(model).__init__)
+    for parameter in [*checked.parameters.values(), *constructor.parameters.values()]:
+        keyword = parameter.name
+        if (
+            keyword in _NOT_SETTINGS
+            or keyword in settings
+            or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        ):
             continue
         for attribute in (keyword, f"_{keyword}"):
             if hasattr(model, attribute):

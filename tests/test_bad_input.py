@@ -222,6 +222,27 @@ def test_settings_assigned_after_construction_are_checked_when_learning_starts(n
     assert model.num_timesteps == 0 and model._n_updates == 0
 
 
+class WithOwnKeyword(DeepSARSA):
+    """A user's subclass in the usual shape: its own keyword, the rest passed on."""
+
+    def __init__(self, *args: Any, extra: float = 0.5, **kwargs: Any) -> None:
+        self.extra = extra
+        super().__init__(*args, **kwargs)
+
+
+def test_a_subclass_taking_args_and_kwargs_is_built_and_its_settings_still_checked(tmp_path: Path) -> None:
+    model = WithOwnKeyword("MlpPolicy", "CartPole-v1", extra=0.25, **SMALL).learn(100)
+    assert model.extra == 0.25 and model.num_timesteps == 100
+    model.save(tmp_path / "model")
+    assert WithOwnKeyword.load(tmp_path / "model").gamma == model.gamma
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\]"):
+        WithOwnKeyword("MlpPolicy", "CartPole-v1", **{**SMALL, "gamma": 7.0})
+    model.gamma = 7.0
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\]"):
+        model.learn(100)
+    assert model.num_timesteps == 100  # refused before a step
+
+
 class Endless(gym.Env):
     """An env whose episodes never end."""
 

@@ -6,13 +6,16 @@ import sys
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch as th
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import harness
 
+import deep_sarsa.deep_sarsa
 from deep_sarsa import DeepSARSA, fast
+from deep_sarsa.targets import sample_epsilon_greedy
 
 
 def test_job_report_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,12 +117,12 @@ def test_the_speed_scripts_run() -> None:
     import ablation
     import throughput
 
-    wall, cpu = throughput.steps_per_second("sarsa-stored", "step", 1040, seed=0)
+    wall, cpu = throughput.steps_per_second("sarsa-stored", "step", seed=0, steps=1040)
     assert wall > 0 and cpu > 0
     for variant in ("all plain", "direct_forward"):
-        wall, cpu = ablation.steps_per_second(variant, "zoo", 1040, seed=0)
+        wall, cpu = ablation.steps_per_second(variant, "zoo", seed=0, steps=1040)
         assert wall > 0 and cpu > 0 and not fast.PLAIN  # the switches were put back
-    saving, rate = ablation.paired_saving("zero_grad", "zoo", 300, seed=0)
+    saving, rate = ablation.paired_saving("zero_grad", "zoo", seed=0, steps=300)
     assert -1 < saving < 1 and rate > 0 and not fast.PLAIN
     assert throughput.cpu_model()
 
@@ -167,17 +170,21 @@ def test_pick_by_target_with_greedy_a_prime_is_dqns_target() -> None:
     assert not th.allclose(online_pick, expected)  # the test sees which network picks
 
 
-@pytest.mark.parametrize("kind", [harness.PickByAverage, harness.PICKERS["slowpick"]], ids=["averagepick", "slowpick"])
-def test_pick_by_average_moves_its_picker_toward_the_online_network_by_tau_per_gradient_step(kind: type) -> None:
+@pytest.mark.parametrize(("algorithm", "tau"), [("sarsa-sampled-averagepick", 0.005), ("sarsa-sampled-slowpick", 1e-4)])
+def test_pick_by_average_moves_its_picker_toward_the_online_network_by_tau_per_gradient_step(
+    algorithm: str, tau: float
+) -> None:
     # #31's lagging pickers: after k gradient steps the picker is (1 - τ)^k of itself and the rest the online network
-    model = kind("MlpPolicy", "CartPole-v1", learning_starts=0, buffer_size=100, batch_size=16, seed=0)
+    kind, keywords = harness.DIAGNOSIS[algorithm]
+    model = kind("MlpPolicy", "CartPole-v1", learning_starts=0, buffer_size=100, batch_size=16, seed=0, **keywords)
+    assert isinstance(model, harness.PickByAverage)
     model.learn(40)
     with th.no_grad():
         for parameter in model.q_net.parameters():
             parameter.add_(th.randn_like(parameter))  # the online network far from the picker, so that τ shows
     before = [parameter.detach().clone() for parameter in model.q_net_average.parameters()]
     model.train(gradient_steps=7, batch_size=16)
-    kept = (1 - {"PickByAverage": 0.005, "PickBySlowAverage": 1e-4}[kind.__name__]) ** 7
+    kept = (1 - tau) ** 7
     for old, online, average in zip(before, model.q_net.parameters(), model.q_net_average.parameters(), strict=True):
         assert th.allclose(average, kept * old + (1 - kept) * online.detach(), atol=1e-7)
     assert any(not th.equal(old, online) for old, online in zip(before, model.q_net.parameters(), strict=True))
@@ -249,3 +256,55 @@ def test_pick_with_memory_epsilon_draws_a_prime_with_the_memorys_mean_epsilon(mo
         if step in epsilon:
             assert rate == pytest.approx(epsilon[step], abs=1e-9), step
     assert model.exploration_rate == pytest.approx(0.1)  # the acting ε is back after each train
+
+
+def test_half_stored_keeps_the_stored_a_prime_on_about_half_of_the_rows() -> None:
+    model = harness.HalfStored("MlpPolicy", "CartPole-v1", next_action="stored", learning_starts=0, buffer_size=500, seed=0)
+    model.learn(400)
+    state = np.random.get_state()
+    _, stored = DeepSARSA._sample(model, 4000)  # the same rows, every stored a'
+    np.random.set_state(state)
+    _, half = model._sample(4000)
+    assert stored.stored_actions is not None and half.stored_actions is not None and not half.all_stored
+    kept = half.stored_actions >= 0
+    assert th.equal(half.stored_actions[kept], stored.stored_actions[kept])  # where kept, the row's stored a'
+    assert abs(kept.float().mean().item() - 0.5) < 4 * (0.25 / 4000) ** 0.5  # binomial(4000, 1/2), 4 standard deviations
+
+
+@pytest.mark.parametrize(
+    ("buffer_size", "mean_epsilon"), [(10_000, (100 + 1900 * (1 - 0.9 * 1049.5 / 2000) + 2000 * 0.1) / 4000), (1000, 0.1)]
+)
+def test_pick_with_row_epsilon_explores_with_the_epsilon_each_row_was_taken_with(
+    buffer_size: int, mean_epsilon: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ε(step) = 1 before learning_starts = 100, then 1 - 0.9 step / 2000 up to step 2000, then 0.1. The memory holds
+    # steps 0 .. 3999 (mean ε over them: 1 for 100 steps, 1 - 0.9 * 1049.5 / 2000 on average for 1900, 0.1 for 2000), or
+    # only 3000 .. 3999 (all 0.1) when it holds 1000
+    keywords: dict = dict(learning_starts=100, exploration_fraction=0.5, exploration_final_eps=0.1, train_freq=500)
+    model = harness.PickWithRowEpsilon("MlpPolicy", "CartPole-v1", next_action="stored", buffer_size=buffer_size, **keywords)
+    model.learn(4000)
+    samples, next_state = model._sample(20_000)
+    assert next_state.stored_actions is not None
+    explored = (next_state.stored_actions >= 0).float().mean().item()
+    assert abs(explored - mean_epsilon) < 4 * (mean_epsilon * (1 - mean_epsilon) / 20_000) ** 0.5 + 0.01
+    # elsewhere a' is the online network's greedy pick: train draws with ε = 0 there, then restores the acting ε
+    drawn_with: list[float] = []
+
+    def spy(q_values: th.Tensor, epsilon: float, masks: th.Tensor | None = None) -> th.Tensor:
+        drawn_with.append(epsilon)
+        return sample_epsilon_greedy(q_values, epsilon, masks)
+
+    monkeypatch.setattr(deep_sarsa.deep_sarsa, "sample_epsilon_greedy", spy)
+    model.train(gradient_steps=3, batch_size=8)
+    assert drawn_with == [0.0, 0.0, 0.0] and model.exploration_rate == pytest.approx(0.1)
+    model.exploration_rate = 0.0  # as in train
+    with th.no_grad():
+        target = model._td_target(samples, next_state)
+        q_next = model.q_net_target(samples.next_observations)
+        a_prime = th.where(
+            next_state.stored_actions >= 0,
+            next_state.stored_actions,
+            model.q_net(samples.next_observations).argmax(1, keepdim=True),
+        )
+    expected = samples.rewards + (1 - samples.dones) * model.gamma * q_next.gather(1, a_prime)
+    assert th.allclose(target, expected, atol=1e-5)

@@ -113,6 +113,21 @@ def test_a_variant_without_its_preset_is_refused_before_any_job(tmp_path: Path, 
     assert not list(tmp_path.glob("*/*/seed*.json"))
 
 
+def test_a_study_trial_without_seed_curves_is_named_not_a_bare_min_error() -> None:
+    import optuna
+
+    def trial(number: int, curves: list[Any] | None) -> Any:
+        made = optuna.trial.create_trial(value=0.0, user_attrs={} if curves is None else {"curves": curves})
+        made.number = number
+        return made
+
+    # the best trial's worst seed: seed means of the last 20% of evaluations are 3.0 and 1.5; areas 2.0 and 1.5
+    curves = [[[1, 1.0, 0.0], [2, 3.0, 0.0]], [[1, 1.5, 0.0], [2, 1.5, 0.0]]]
+    assert validate.by_variant([("s", trial(0, curves))])["sampled"] == (1, 1, validate.Best("s", 0, 1.5, 1.5, 1.75))
+    with pytest.raises(ValueError, match=r"study 'CartPole-v1-worst-of-3', trial 7: complete, but no seed's curve"):
+        validate.by_variant([("CartPole-v1-worst-of-3", trial(7, None))])
+
+
 def test_report_without_both_algorithms_names_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(tmp_path, [result("dqn", 0, [1.0], [1.0])])
     with pytest.raises(SystemExit) as exit_:
