@@ -164,7 +164,7 @@ class PickWithRowEpsilon(DeepSARSA):
     def _sample(self, batch_size: int) -> tuple[Any, Any]:
         assert self.replay_buffer is not None
         samples, rows, _ = sample_with_indices(self.replay_buffer, batch_size, self._vec_normalize_env)
-        steps = self.num_timesteps - (self.replay_buffer.pos - rows) % self.buffer_size
+        steps = self.num_timesteps - (self.replay_buffer.pos - rows - 1) % self.buffer_size - 1  # row pos - 1: the newest
         done = np.clip(steps / (self.exploration_fraction * self._total_timesteps), 0.0, 1.0)  # SB3's linear schedule
         epsilon = self.exploration_initial_eps + done * (self.exploration_final_eps - self.exploration_initial_eps)
         explore = np.random.rand(batch_size) < np.where(steps < self.learning_starts, 1.0, epsilon)  # a' drawn here (as
