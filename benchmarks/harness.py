@@ -165,8 +165,7 @@ class PickWithRowEpsilon(DeepSARSA):
         assert self.replay_buffer is not None
         samples, rows, _ = sample_with_indices(self.replay_buffer, batch_size, self._vec_normalize_env)
         steps = self.num_timesteps - (self.replay_buffer.pos - rows - 1) % self.buffer_size - 1  # row pos - 1: the newest
-        done = np.clip(steps / (self.exploration_fraction * self._total_timesteps), 0.0, 1.0)  # SB3's linear schedule
-        epsilon = self.exploration_initial_eps + done * (self.exploration_final_eps - self.exploration_initial_eps)
+        epsilon = [self.exploration_schedule(1.0 - step / self._total_timesteps) for step in steps]  # as when acting
         explore = np.random.rand(batch_size) < np.where(steps < self.learning_starts, 1.0, epsilon)  # a' drawn here (as
         # "stored" a', which is why its next_action is "stored"); -1: the online network's greedy pick at update time
         actions = np.where(explore, np.random.randint(self.action_space.n, size=batch_size), -1)  # type: ignore[attr-defined]
