@@ -244,21 +244,11 @@ def train_job(task: str, algorithm: str, seed: int, episodes: int) -> dict[str, 
     start = time.perf_counter()
     model.learn(settings["steps"], callback=evaluate)
     train_seconds = time.perf_counter() - start - evaluate.seconds
-    result = {
-        "task": task,
-        "algorithm": algorithm,
-        "seed": seed,
-        "episodes": episodes,
-        "steps": model.num_timesteps,
-        "curve": evaluate.curve,
-        "curve_seconds": evaluate.curve_seconds,
-        "train_seconds": train_seconds,
-        "steps_per_second": model.num_timesteps / train_seconds,
-        "hyperparameters": {k: str(v) for k, v in hyperparameters.items()},
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, one torch thread per job",
-        "cpu": cpu_model(),
-        "commit": CODE_COMMIT,
-    }
+    result: dict[str, Any] = dict(task=task, algorithm=algorithm, seed=seed, episodes=episodes, steps=model.num_timesteps)
+    result |= dict(curve=evaluate.curve, curve_seconds=evaluate.curve_seconds, train_seconds=train_seconds)
+    result |= dict(steps_per_second=model.num_timesteps / train_seconds, cpu=cpu_model(), commit=CODE_COMMIT)
+    result["hyperparameters"] = {k: str(v) for k, v in hyperparameters.items()}
+    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, one torch thread per job"
     if settings.get("save_model"):  # the model travels back with the result: the worker may be another machine
         buffer = io.BytesIO()
         model.save(buffer)
@@ -457,22 +447,32 @@ def write_report(output: Path, text: str, plot: Any = None, dpi: int = 100) -> N
     print(text, end="")
 
 
+def difference_interval(ours: Sequence[float], theirs: Sequence[float], statistic: Callable[[Any], Any]) -> str:
+    """The 95% bootstrap interval of ``statistic(ours) - statistic(theirs)``, each side's seeds resampled (10,000 draws)."""
+    rng = np.random.default_rng(0)
+    draws = [np.asarray(values)[rng.integers(0, len(values), (10_000, len(values)))] for values in (ours, theirs)]
+    low, high = np.percentile(statistic(draws[0]) - statistic(draws[1]), [2.5, 97.5])
+    return f"[{low:.1f}, {high:.1f}]"
+
+
 def drop_in(grouped: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
     """Issue #31's check: the default (``sarsa-sampled``) against DQN where rl-zoo has an entry, by final return."""
-    lines = ["", "Drop-in (#31, docs/diagnosis.md): the default `sarsa-sampled` against DQN, rl-zoo's entry unchanged.", ""]
+    lines = ["", "Drop-in (#31, docs/diagnosis.md): the default `sarsa-sampled` against DQN, rl-zoo's entry unchanged. "]
+    lines[-1] += "In brackets after each bar: the 95% bootstrap interval of the difference (DeepSARSA's - DQN's).\n"
     lines += ["| task | seeds | DQN: final | DeepSARSA: final | median ≥ DQN's | IQR no wider | commits; CPU |"]
     lines += ["|---|---:|---:|---:|---|---|---|"]
+    median, iqr = (lambda x: np.median(x, axis=-1)), (lambda x: np.subtract(*np.percentile(x, [75, 25], axis=-1)))
     for task in (t for t in RL_ZOO_DQN if (t, "dqn") in grouped and (t, "sarsa-sampled") in grouped):
         runs = grouped[task, "dqn"] + grouped[task, "sarsa-sampled"]
         dqn, ours = ([r["curve"][-1][1] for r in grouped[task, a]] for a in ("dqn", "sarsa-sampled"))
-        (d1, dm, d3), (s1, sm, s3) = np.percentile(dqn, [25, 50, 75]), np.percentile(ours, [25, 50, 75])
-        bars = ((sm >= dm, sm, dm), (s3 - s1 <= d3 - d1, s3 - s1, d3 - d1))
-        verdict = " | ".join(f"{'yes' if met else 'no'} ({a:.1f} vs {b:.1f})" for met, a, b in bars)
+        bars = ((median(ours) >= median(dqn), median), (iqr(ours) <= iqr(dqn), iqr))
+        interval = functools.partial(difference_interval, ours, dqn)
+        verdict = " | ".join(f"{'yes' if met else 'no'} ({f(ours):.1f} vs {f(dqn):.1f}; {interval(f)})" for met, f in bars)
         made = "; ".join(", ".join(sorted({str(r.get(key, "not recorded")) for r in runs})) for key in ("commit", "cpu"))
         lines.append(f"| {task} | {len(dqn)}/{len(ours)} | {quartiles(dqn)} | {quartiles(ours)} | {verdict} | {made} |")
         if task == "CartPole-v1":  # and its goal: 9 of 10 seeds at 475 or more at the end
             count = [f"{sum(v >= 475 for v in values)}/{len(values)}" for values in (ours, dqn)]
-            lines.insert(3, f"CartPole-v1, seeds ≥ 475 at the last evaluation: DeepSARSA {count[0]}, DQN {count[1]}.\n")
+            lines.insert(2, f"CartPole-v1, seeds ≥ 475 at the last evaluation: DeepSARSA {count[0]}, DQN {count[1]}.\n")
     return lines
 
 
@@ -557,18 +557,22 @@ def curves(args: argparse.Namespace) -> None:
         f"# Per-seed curves on {args.task}\n",
         f"Evaluations of the greedy policy (mean of 20 episodes) at each step; *end*: the last {last}.\n",
         f"| algorithm | seeds | final: median [IQR] | seeds ≥ {bar:g} at the end | end evaluations ≥ {bar:g} "
-        f"| mean at the end [95% bootstrap over seeds] | seeds that reached {bar:g} and fell below later |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| mean at the end [95% bootstrap over seeds] | minus DQN's [95% bootstrap] | seeds that reached {bar:g} and fell "
+        "below later |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     shown = [a for a in ALGORITHMS + EXTRA_ALGORITHMS if (args.task, a) in grouped and a in args.algorithms]
+    dqn = np.array([np.mean([p[1] for p in r["curve"][-last:]]) for r in grouped.get((args.task, "dqn"), [])])
     for algorithm in shown:
         values = [[point[1] for point in result["curve"]] for result in grouped[args.task, algorithm]]
         finals, ends = [curve[-1] for curve in values], np.array([curve[-last:] for curve in values])
         fell, means = sum(fell_after_reaching(curve, bar) for curve in values), ends.mean(axis=1)
         low, high = np.percentile(rng.choice(means, (10_000, len(means))).mean(axis=1), [2.5, 97.5])  # seeds resampled
+        shift = difference_interval(means, dqn, lambda x: x.mean(axis=-1)) if dqn.size and algorithm != "dqn" else ""
         rows.append(
-            f"| {algorithm} | {len(values)} | {quartiles(finals)} | {sum(v >= bar for v in finals)}/{len(values)} "
-            f"| {(ends >= bar).sum()}/{ends.size} | {means.mean():.0f} [{low:.0f}, {high:.0f}] | {fell}/{len(values)} |"
+            f"| {algorithm} | {len(values)} | {quartiles(finals)} | {sum(v >= bar for v in finals)}/{len(values)} | "
+            f"{(ends >= bar).sum()}/{ends.size} | {means.mean():.0f} [{low:.0f}, {high:.0f}] | "
+            f"{f'{means.mean() - dqn.mean():.0f} {shift}' if shift else '—'} | {fell}/{len(values)} |"
         )
     for algorithm in shown:
         results = grouped[args.task, algorithm]
@@ -576,6 +580,7 @@ def curves(args: argparse.Namespace) -> None:
         rows += [f"\n{algorithm}:\n", f"| seed | {' | '.join(steps)} |", "|---" * (len(steps) + 1) + "|"]
         rows += [f"| {r['seed']} | {' | '.join(f'{point[1]:.0f}' for point in r['curve'])} |" for r in results]
     command = f"python benchmarks/harness.py curves --task {args.task} --algorithms {' '.join(args.algorithms)}"
+    command += "" if args.runs == RUNS else f" --runs {args.runs} --output {args.output}"  # another grid's runs
     write_report(args.output, "\n".join(rows) + f"\n\nReproduce: `{command}` (the runs: `harness.py grid`).\n")
 
 

@@ -86,16 +86,11 @@ def train_seed(
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """The study's settings (budget, evaluation, objective, space), kept as its user attributes."""
     task = TASKS[args.task]
-    settings = {
-        "task": args.task,
-        "steps": int(args.steps or task["steps"]),
-        "eval_freq": int(args.eval_freq or task["eval_freq"]),
-        "episodes": int(args.eval_episodes),
-        "seeds": [TUNING_SEED_BASE + i for i in range(args.seeds)],
-        "objective": OBJECTIVES[getattr(args, "objective", "last-20%")],
-        "space": str(getattr(args, "space", "zoo")),
-        "next_action": str(getattr(args, "next_action", None) or ANY_NEXT_ACTION),
-    }
+    settings: dict[str, Any] = dict(task=args.task, steps=int(args.steps or task["steps"]))
+    settings |= dict(eval_freq=int(args.eval_freq or task["eval_freq"]), episodes=int(args.eval_episodes))
+    settings["seeds"] = [TUNING_SEED_BASE + i for i in range(args.seeds)]
+    settings |= dict(objective=OBJECTIVES[getattr(args, "objective", "last-20%")], space=str(getattr(args, "space", "zoo")))
+    settings["next_action"] = str(getattr(args, "next_action", None) or ANY_NEXT_ACTION)
     if settings["next_action"] != ANY_NEXT_ACTION and settings["space"] != "near-preset":
         raise ValueError("--next-action needs --space near-preset (rl-zoo3's space samples next_action itself)")
     if settings["eval_freq"] > settings["steps"]:

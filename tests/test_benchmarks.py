@@ -1,5 +1,6 @@
 """The benchmark harness runs a (tiny) job, resumes, and reports, so that it does not rot."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -193,21 +194,37 @@ def test_pick_by_average_moves_its_picker_toward_the_online_network_by_tau_per_g
 
 def test_curves_counts_each_seeds_end(tmp_path: Path) -> None:
     ends = {0: [100, 500, 500, 500, 500, 500], 1: [100, 500, 500, 100, 500, 100], 2: [100, 100, 100, 100, 100, 480]}
-    for seed, returns in ends.items():
+    for (seed, returns), algorithm in itertools.product(ends.items(), ("dqn", "sarsa-sampled")):
+        returns = returns if algorithm == "dqn" else [300.0] * len(returns)  # DeepSARSA: 300 at every evaluation
         curve = [[5000 * (i + 1), float(value), 0.0] for i, value in enumerate(returns)]
-        result = dict(task="CartPole-v1", algorithm="dqn", seed=seed, curve=curve)
-        path = harness.job_path(tmp_path, "CartPole-v1", "dqn", seed)
+        result = dict(task="CartPole-v1", algorithm=algorithm, seed=seed, curve=curve)
+        path = harness.job_path(tmp_path, "CartPole-v1", algorithm, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result))
     output = tmp_path / "diagnosis.md"
-    assert (
-        harness.main(["curves", "--algorithms", "dqn", "--last", "5", "--runs", str(tmp_path), "--output", str(output)]) == 0
-    )
+    command = [
+        "curves",
+        "--algorithms",
+        "dqn",
+        "sarsa-sampled",
+        "--last",
+        "5",
+        "--runs",
+        str(tmp_path),
+        "--output",
+        str(output),
+    ]
+    assert harness.main(command) == 0
     # finals 500, 100, 480: 2 of 3 at 475 or more; the last 5: 5 + 3 + 1 = 9 of 15, mean (2500 + 1700 + 880) / 15;
     # seed 1 fell after reaching it. Seed means 500, 340 and 176: a resample of 3 seeds is all one seed with
     # probability 1/27 > 2.5%, so the bootstrap's 95% interval runs from the lowest seed mean to the highest
-    assert "| dqn | 3 | 480.0 [290.0, 490.0] | 2/3 | 9/15 | 339 [176, 500] | 1/3 |" in output.read_text()
+    assert "| dqn | 3 | 480.0 [290.0, 490.0] | 2/3 | 9/15 | 339 [176, 500] | — | 1/3 |" in output.read_text()
     assert "| 2 | 100 | 100 | 100 | 100 | 100 | 480 |" in output.read_text()
+    # DeepSARSA's mean is always 300, so its difference from DQN's runs over 300 - 500 to 300 - 176 (as above)
+    assert "| sarsa-sampled | 3 | 300.0 [300.0, 300.0] | 0/3 | 0/15 | 300 [300, 300] | -39 [-200.0, 124.0] | 0/3 |" in (
+        output.read_text()
+    )
+    assert f"--runs {tmp_path} --output {output}`" in output.read_text()  # the command names the runs it read
 
 
 def test_the_drop_in_table_checks_the_default_against_dqn(tmp_path: Path) -> None:
@@ -228,13 +245,15 @@ def test_the_drop_in_table_checks_the_default_against_dqn(tmp_path: Path) -> Non
     assert harness.main(["report", "--runs", str(tmp_path), "--output", str(output)]) == 0
     text = output.read_text()
     # quartiles (numpy's linear): DQN 400 [300, 500], width 200; DeepSARSA 500 [480, 500], width 20
-    row = "| CartPole-v1 | 5/5 | 400.0 [300.0, 500.0] | 500.0 [480.0, 500.0] | yes (500.0 vs 400.0) | yes (20.0 vs 200.0) |"
-    assert row + " abc1234; a CPU |" in text
+    row = "| CartPole-v1 | 5/5 | 400.0 [300.0, 500.0] | 500.0 [480.0, 500.0] | yes (500.0 vs 400.0; ["
+    assert row in text and "| yes (20.0 vs 200.0; [" in text and text.count(" abc1234; a CPU |") == 2
     assert "seeds ≥ 475 at the last evaluation: DeepSARSA 4/5, DQN 2/5." in text
-    # Acrobot: DQN -80 [-80, -80]; DeepSARSA -90 [-95, -80]: both bars missed
-    assert (
-        "| Acrobot-v1 | 3/3 | -80.0 [-80.0, -80.0] | -90.0 [-95.0, -80.0] | no (-90.0 vs -80.0) | no (15.0 vs 0.0) |" in text
-    )
+    # Acrobot: DQN -80 [-80, -80]; DeepSARSA -90 [-95, -80]: both bars missed. The bootstrap: DQN's median and IQR
+    # are always -80 and 0. A resample of DeepSARSA's 3 seeds has median -100 or -70 with probability 7/27 each (2 or
+    # 3 draws of it), so the median's difference runs over [-20, 10]. Its IQR is half the range of the 3 draws: 0 when
+    # all 3 are the same (3/27), 15 when they hold both -100 and -70 (12/27), so the IQR's difference runs over [0, 15]
+    verdict = "no (-90.0 vs -80.0; [-20.0, 10.0]) | no (15.0 vs 0.0; [0.0, 15.0])"
+    assert f"| Acrobot-v1 | 3/3 | -80.0 [-80.0, -80.0] | -90.0 [-95.0, -80.0] | {verdict} |" in text
 
 
 def test_pick_with_memory_epsilon_draws_a_prime_with_the_memorys_mean_epsilon(monkeypatch: pytest.MonkeyPatch) -> None:
