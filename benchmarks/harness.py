@@ -76,6 +76,7 @@ HAND_SET: dict[str, dict[str, Any]] = {
     ),
 }
 Job = tuple[str, str, int, int]
+PerSeed = Sequence[float] | np.ndarray  # a value per seed
 #: a job function: (task, algorithm, seed, evaluation episodes) -> result (tests give a fast fake one)
 JobFunction = Callable[[str, str, int, int], dict[str, Any]]
 
@@ -447,7 +448,7 @@ def write_report(output: Path, text: str, plot: Any = None, dpi: int = 100) -> N
     print(text, end="")
 
 
-def difference_interval(ours: Sequence[float], theirs: Sequence[float], statistic: Callable[[Any], Any]) -> str:
+def difference_interval(ours: PerSeed, theirs: PerSeed, statistic: Callable[[Any], Any]) -> str:
     """The 95% bootstrap interval of ``statistic(ours) - statistic(theirs)``, each side's seeds resampled (10,000 draws)."""
     rng = np.random.default_rng(0)
     draws = [np.asarray(values)[rng.integers(0, len(values), (10_000, len(values)))] for values in (ours, theirs)]

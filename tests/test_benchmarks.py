@@ -195,7 +195,7 @@ def test_pick_by_average_moves_its_picker_toward_the_online_network_by_tau_per_g
 def test_curves_counts_each_seeds_end(tmp_path: Path) -> None:
     ends = {0: [100, 500, 500, 500, 500, 500], 1: [100, 500, 500, 100, 500, 100], 2: [100, 100, 100, 100, 100, 480]}
     for (seed, returns), algorithm in itertools.product(ends.items(), ("dqn", "sarsa-sampled")):
-        returns = returns if algorithm == "dqn" else [300.0] * len(returns)  # DeepSARSA: 300 at every evaluation
+        returns = returns if algorithm == "dqn" else [300] * len(returns)  # DeepSARSA: 300 at every evaluation
         curve = [[5000 * (i + 1), float(value), 0.0] for i, value in enumerate(returns)]
         result = dict(task="CartPole-v1", algorithm=algorithm, seed=seed, curve=curve)
         path = harness.job_path(tmp_path, "CartPole-v1", algorithm, seed)
