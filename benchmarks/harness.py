@@ -95,30 +95,13 @@ def make_env(task: str) -> gym.Env:
 def hyperparameters_of(task: str) -> dict[str, Any]:
     """The keywords both algorithms get on ``task`` (DeepSARSA's ``next_action`` comes from the algorithm's name)."""
     if task.startswith("MountainCar-v0-lecture"):
-        return {key: value for key, value in LECTURE_MOUNTAIN_CAR.items() if key not in ("next_action", "loss")}
+        return {k: v for k, v in LECTURE_MOUNTAIN_CAR.items() if k not in ("next_action", "next_action_net", "loss")}
     if task in RL_ZOO_DQN:
         return rl_zoo_dqn(task)
     return {**HAND_SET[task], "policy_kwargs": dict(HAND_SET[task]["policy_kwargs"])}
 
 
-class PickByTarget(DeepSARSA):
-    """DeepSARSA whose a' (or its ε-greedy probabilities) comes from the target network's Q-values of s'."""
-
-    def _picker(self, next_q_target: th.Tensor) -> Callable[[Any], th.Tensor]:
-        """The Q-values that pick a' in place of the online network's."""
-        return lambda _observations: next_q_target
-
-    def _td_target(self, replay_data: Any, next_state: Any, next_q_target: th.Tensor | None = None) -> th.Tensor:
-        if next_q_target is None:
-            next_q_target = self._target_forward(replay_data.next_observations)
-        online, self._online_forward = self._online_forward, self._picker(next_q_target)  # type: ignore[assignment]
-        try:
-            return super()._td_target(replay_data, next_state, next_q_target)
-        finally:
-            self._online_forward = online
-
-
-class PickByAverage(PickByTarget):
+class PickByAverage(DeepSARSA):
     """DeepSARSA whose a' comes from a slowly moving average of the online network (``average_tau`` per gradient step)."""
 
     def __init__(self, *args: Any, average_tau: float = 0.005, **kwargs: Any) -> None:
@@ -134,8 +117,8 @@ class PickByAverage(PickByTarget):
         tau = 1 - (1 - self.average_tau) ** gradient_steps  # as many averaging steps as gradient steps, at the call's end
         polyak_update(self.q_net.parameters(), self.q_net_average.parameters(), tau)
 
-    def _picker(self, next_q_target: th.Tensor) -> Callable[[Any], th.Tensor]:
-        return self.q_net_average
+    def _policy_q_values(self, replay_data: Any, next_q_target: th.Tensor) -> th.Tensor:
+        return self.q_net_average(replay_data.next_observations)
 
 
 class PickWithMemoryEpsilon(DeepSARSA):
@@ -178,10 +161,11 @@ class PickWithRowEpsilon(DeepSARSA):
         self.exploration_rate = acting  # the acting policy's again (logged, and what rollouts use)
 
 
-#: #31's diagnosis on rl-zoo's DQN entries (docs/diagnosis.md): DeepSARSA variants by name, (class, keywords)
+#: #31's diagnosis on rl-zoo's DQN entries (docs/diagnosis.md): DeepSARSA variants by name, (class, keywords); the
+#: others ("sarsa-NEXT_ACTION[-huber]") pick a' with the online network, DeepSARSA's only choice before next_action_net
 DIAGNOSIS: dict[str, tuple[type[DeepSARSA], dict[str, Any]]] = {
-    "sarsa-sampled-targetpick": (PickByTarget, {}),  # a' (or its probabilities) picked by the target network
-    "sarsa-expected-targetpick": (PickByTarget, {}),
+    "sarsa-sampled-targetpick": (DeepSARSA, dict(next_action_net="target")),  # a' picked by the target network
+    "sarsa-expected-targetpick": (DeepSARSA, dict(next_action_net="target")),  # DeepSARSA's defaults since 0.3.0
     "sarsa-sampled-sync1000": (DeepSARSA, dict(target_update_interval=1000)),  # the target synced every 1000 steps
     "sarsa-sampled-clip1": (DeepSARSA, dict(max_grad_norm=1.0)),  # gradients clipped at norm 1, not 10
     "sarsa-sampled-averagepick": (PickByAverage, {}),  # a' picked by a slowly moving average of the online network
@@ -239,6 +223,7 @@ def train_job(task: str, algorithm: str, seed: int, episodes: int) -> dict[str, 
         next_action, _, loss = algorithm.removeprefix("sarsa-").partition("-")
         kind, changed = DIAGNOSIS.get(algorithm, (DeepSARSA, {}))
         keywords: dict[str, Any] = dict(next_action=next_action, loss="huber" if loss == "huber" else "mse", **hyperparameters)
+        keywords["next_action_net"] = "online"
         keywords.update(changed)
         model = kind("MlpPolicy", make_env(task), seed=seed, device="cpu", **keywords)
     evaluate = Evaluate(task, settings["eval_freq"], episodes, seed=10_000 + seed)
@@ -456,25 +441,32 @@ def difference_interval(ours: PerSeed, theirs: PerSeed, statistic: Callable[[Any
     return f"[{low:.1f}, {high:.1f}]"
 
 
+#: the grid's names of DeepSARSA's defaults (0.3.0: "expected" over the target network) and of those before (the lecture's)
+DEFAULTS = {"sarsa-expected-targetpick": "the default", "sarsa-sampled": "the default before 0.3.0"}
+
+
 def drop_in(grouped: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
-    """Issue #31's check: the default (``sarsa-sampled``) against DQN where rl-zoo has an entry, by final return."""
-    lines = ["", "Drop-in (#31, docs/diagnosis.md): the default `sarsa-sampled` against DQN, rl-zoo's entry unchanged. "]
-    lines[-1] += "In brackets after each bar: the 95% bootstrap interval of the difference (DeepSARSA's - DQN's).\n"
-    lines += ["| task | seeds | DQN: final | DeepSARSA: final | median ≥ DQN's | IQR no wider | commits; CPU |"]
-    lines += ["|---|---:|---:|---:|---|---|---|"]
+    """Issue #31's check: the defaults (:data:`DEFAULTS`) against DQN where rl-zoo has an entry, by final return."""
     median, iqr = (lambda x: np.median(x, axis=-1)), (lambda x: np.subtract(*np.percentile(x, [75, 25], axis=-1)))
-    for task in (t for t in RL_ZOO_DQN if (t, "dqn") in grouped and (t, "sarsa-sampled") in grouped):
-        runs = grouped[task, "dqn"] + grouped[task, "sarsa-sampled"]
-        dqn, ours = ([r["curve"][-1][1] for r in grouped[task, a]] for a in ("dqn", "sarsa-sampled"))
-        bars = ((median(ours) >= median(dqn), median), (iqr(ours) <= iqr(dqn), iqr))
-        interval = functools.partial(difference_interval, ours, dqn)
-        verdict = " | ".join(f"{'yes' if met else 'no'} ({f(ours):.1f} vs {f(dqn):.1f}; {interval(f)})" for met, f in bars)
-        made = "; ".join(", ".join(sorted({str(r.get(key, "not recorded")) for r in runs})) for key in ("commit", "cpu"))
-        lines.append(f"| {task} | {len(dqn)}/{len(ours)} | {quartiles(dqn)} | {quartiles(ours)} | {verdict} | {made} |")
-        if task == "CartPole-v1":  # and its goal: 9 of 10 seeds at 475 or more at the end
-            count = [f"{sum(v >= 475 for v in values)}/{len(values)}" for values in (ours, dqn)]
-            lines.insert(2, f"CartPole-v1, seeds ≥ 475 at the last evaluation: DeepSARSA {count[0]}, DQN {count[1]}.\n")
-    return lines
+    tables: list[str] = []
+    for algorithm, name in DEFAULTS.items():
+        lines = ["", f"Drop-in (#31, docs/diagnosis.md): {name}, `{algorithm}`, against DQN, rl-zoo's entry unchanged. "]
+        lines[-1] += "In brackets after each bar: the 95% bootstrap interval of the difference (DeepSARSA's - DQN's).\n"
+        lines += ["| task | seeds | DQN: final | DeepSARSA: final | median ≥ DQN's | IQR no wider | commits; CPU |"]
+        lines += ["|---|---:|---:|---:|---|---|---|"]
+        for task in (t for t in RL_ZOO_DQN if (t, "dqn") in grouped and (t, algorithm) in grouped):
+            runs = grouped[task, "dqn"] + grouped[task, algorithm]
+            dqn, ours = ([r["curve"][-1][1] for r in grouped[task, a]] for a in ("dqn", algorithm))
+            bars = ((median(ours) >= median(dqn), median), (iqr(ours) <= iqr(dqn), iqr))
+            interval = functools.partial(difference_interval, ours, dqn)
+            verdict = " | ".join(f"{'yes' if met else 'no'} ({f(ours):.1f} vs {f(dqn):.1f}; {interval(f)})" for met, f in bars)
+            made = "; ".join(", ".join(sorted({str(r.get(key, "not recorded")) for r in runs})) for key in ("commit", "cpu"))
+            lines.append(f"| {task} | {len(dqn)}/{len(ours)} | {quartiles(dqn)} | {quartiles(ours)} | {verdict} | {made} |")
+            if task == "CartPole-v1":  # and its goal: 9 of 10 seeds at 475 or more at the end
+                count = [f"{sum(v >= 475 for v in values)}/{len(values)}" for values in (ours, dqn)]
+                lines.insert(2, f"CartPole-v1, seeds ≥ 475 at the last evaluation: DeepSARSA {count[0]}, DQN {count[1]}.\n")
+        tables += lines if len(lines) > 4 else []
+    return tables
 
 
 def report(args: argparse.Namespace) -> None:

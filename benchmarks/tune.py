@@ -48,6 +48,8 @@ OBJECTIVES = {"last-20%": OBJECTIVE, "area": "worst seed's area under the curve 
 PRUNE_STARTUP_TRIALS, FINISHED = 5, (TrialState.COMPLETE, TrialState.PRUNED)
 #: a study's ``next_action`` where its trials sample the variant (every study from before ``--next-action``)
 ANY_NEXT_ACTION = "any"
+#: ``--next-action-net``'s default: the presets' (they keep the network of every kept study, from before the option)
+STUDY_NEXT_ACTION_NET = "online"
 #: failed trials that stop a worker (a broken env would fail forever); retries of a trial whose worker died
 FAILURES, RETRIES = 3, 2
 
@@ -91,6 +93,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     settings["seeds"] = [TUNING_SEED_BASE + i for i in range(args.seeds)]
     settings |= dict(objective=OBJECTIVES[getattr(args, "objective", "last-20%")], space=str(getattr(args, "space", "zoo")))
     settings["next_action"] = str(getattr(args, "next_action", None) or ANY_NEXT_ACTION)
+    settings["next_action_net"] = str(getattr(args, "next_action_net", None) or STUDY_NEXT_ACTION_NET)
     if settings["next_action"] != ANY_NEXT_ACTION and settings["space"] != "near-preset":
         raise ValueError("--next-action needs --space near-preset (rl-zoo3's space samples next_action itself)")
     if settings["eval_freq"] > settings["steps"]:
@@ -107,7 +110,7 @@ def variant_of(settings: dict[str, Any]) -> str | None:
 def make_objective(settings: dict[str, Any], prune: bool) -> Callable[[optuna.Trial], float]:
     """The objective of one trial (``prune``: a hopeless trial stops after the seed that shows it)."""
     task, steps = settings["task"], settings["steps"]
-    base = hyperparameters_of(task)
+    base = {**hyperparameters_of(task), "next_action_net": settings.get("next_action_net", STUDY_NEXT_ACTION_NET)}
     env = make_env(task)
     n_actions = int(getattr(env.action_space, "n", 0))
     env.close()
@@ -311,7 +314,9 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, settings: di
             study.set_user_attr(key, value)
     options = {"task": "--task", "steps": "--steps", "eval_freq": "--eval-freq", "episodes": "--eval-episodes"}
     options |= {"seeds": "--seeds", "objective": "(the objective)", "space": "--space", "next_action": "--next-action"}
-    defaults = {"space": "zoo", "next_action": ANY_NEXT_ACTION}  # a study from before an option ran with its default
+    options["next_action_net"] = "--next-action-net"
+    # a study from before an option ran with its default
+    defaults = {"space": "zoo", "next_action": ANY_NEXT_ACTION, "next_action_net": STUDY_NEXT_ACTION_NET}
     for key, option in options.items():
         stored = study.user_attrs.get(key, defaults.get(key))
         if stored is not None and stored != settings[key]:
@@ -461,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_argument("--space", choices=["zoo", "near-preset"], default="zoo", help="rl-zoo3's, or around the preset")
         command.add_argument("--objective", choices=list(OBJECTIVES), default="last-20%", help="a seed's score")
         command.add_argument("--next-action", choices=NEXT_ACTIONS, help="fix next_action (needs --space near-preset)")
+        command.add_argument("--next-action-net", choices=["target", "online"], help="default online (the presets')")
     study = parsers["study"]
     study.add_argument("--trials", type=positive(int), required=True, help="finished trials the study should have")
     study.add_argument("--steps", type=positive(int), help="budget per seed (default: the harness's for the task)")

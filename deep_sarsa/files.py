@@ -360,6 +360,7 @@ def load_checked(
     model_class: type,
     custom_objects: dict[str, Any] | None = None,
     trusted: bool = False,
+    older_settings: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Model:
     """
@@ -374,11 +375,14 @@ def load_checked(
     :param model_class: the class being loaded
     :param custom_objects: the user's replacements of entries
     :param trusted: let SB3 unpickle the entries (runs any code the file names)
+    :param older_settings: the value of each setting added since files were first saved, for a file without it
+        (what the model did when it was saved, not the constructor's current default)
     :param kwargs: its keyword arguments
     :return: the model
     """
     name, content = read_model_file(path)
     data = check_model_data(name, content)
+    kwargs = {**{key: value for key, value in (older_settings or {}).items() if key not in data}, **kwargs}
     if not trusted:
         custom_objects = decode_entries(name, data, model_class, custom_objects)
         check_declared_networks(name, entry_sizes(content), {**data, **custom_objects, **kwargs})

@@ -9,7 +9,7 @@ hold) for loading, whose every read goes through :mod:`deep_sarsa.gate`.
 
 import io
 import pathlib
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch as th
 from stable_baselines3.common.type_aliases import GymEnv
@@ -28,6 +28,9 @@ Path = str | pathlib.Path | io.BufferedIOBase
 
 class SafeFiles(_Algorithm):
     """Mixin for an SB3 off-policy algorithm: atomic ``save``, safe ``load`` (see docs/trust.md)."""
+
+    #: the value of each setting added after files were first saved, given to a file saved without it
+    older_file_settings: ClassVar[dict[str, Any]] = {}
 
     def save(self, path: Path, exclude: Any = None, include: Any = None) -> None:
         """
@@ -90,6 +93,7 @@ class SafeFiles(_Algorithm):
             trusted=trusted,
             print_system_info=print_system_info,
             force_reset=force_reset,
+            older_settings=cls.older_file_settings,
             **kwargs,
         )
 

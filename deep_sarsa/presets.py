@@ -101,7 +101,8 @@ def rl_zoo_dqn(env_id: str) -> dict[str, Any]:
 #: The Deep SARSA lecture's MountainCar-v0 setting (its notebook, ``beginner_master_rl`` section 8), as
 #: DeepSARSA keywords: [128, 64] ReLU network, AdamW 1e-3, batch 32, γ = 0.99, learning from 320
 #: stored transitions, one gradient step per env step, ε = 0.01 throughout, target network synced
-#: every 10 episodes, MSE; 2500 episodes ≈ 500k steps. ``examples/mountain_car_lecture.py`` runs it.
+#: every 10 episodes, MSE, a' drawn from the acting (online) network's ε-greedy policy; 2500 episodes ≈ 500k
+#: steps. ``examples/mountain_car_lecture.py`` runs it.
 LECTURE_MOUNTAIN_CAR: dict[str, Any] = dict(
     learning_rate=1e-3,
     buffer_size=1_000_000,
@@ -115,6 +116,7 @@ LECTURE_MOUNTAIN_CAR: dict[str, Any] = dict(
     exploration_initial_eps=0.01,
     exploration_final_eps=0.01,
     next_action="sampled",
+    next_action_net="online",
     loss="mse",
     policy_kwargs=dict(net_arch=[128, 64], optimizer_class=th.optim.AdamW),
 )

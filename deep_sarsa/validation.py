@@ -21,6 +21,7 @@ from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 
 NEXT_ACTIONS: tuple[str, ...] = ("sampled", "expected", "stored")
 LOSSES: tuple[str, ...] = ("mse", "huber")
+NEXT_ACTION_NETS: tuple[str, ...] = ("target", "online")
 TARGET_UPDATE_UNITS: tuple[str, ...] = ("step", "episode")
 TRAIN_FREQ_UNITS: tuple[str, ...] = ("step", "episode")
 #: A replay buffer estimated above this fraction of the available memory is warned about
@@ -209,6 +210,7 @@ def check_hyperparameters(
     max_grad_norm: float,
     next_action: str,
     loss: str,
+    next_action_net: Any = "target",
     policy_kwargs: Any = None,
     replay_buffer_class: Any = None,
     replay_buffer_kwargs: Any = None,
@@ -235,6 +237,12 @@ def check_hyperparameters(
         isinstance(next_action, str) and next_action in NEXT_ACTIONS, "next_action", f"one of {NEXT_ACTIONS}", next_action
     )
     _require(isinstance(loss, str) and loss in LOSSES, "loss", f"one of {LOSSES}", loss)
+    _require(
+        isinstance(next_action_net, str) and next_action_net in NEXT_ACTION_NETS,
+        "next_action_net",
+        f"one of {NEXT_ACTION_NETS}",
+        next_action_net,
+    )
     initial_lr = learning_rate(1.0) if callable(learning_rate) else learning_rate
     _require(
         _is_number(initial_lr) and math.isfinite(initial_lr) and initial_lr >= 0,

@@ -81,7 +81,9 @@ def test_committed_preset_validations_were_trained_with_the_shipped_presets() ->
         result = json.loads(path.read_text())
         variant = result["algorithm"].removeprefix("sarsa-preset").removeprefix("-") or None
         wanted = preset(result["task"], next_action=variant).hyperparameters
-        assert result["hyperparameters"] == {key: str(value) for key, value in wanted.items()}, path
+        # runs from before next_action_net picked a' with the online network, as the presets still do
+        recorded = {"next_action_net": "online", **result["hyperparameters"]}
+        assert recorded == {key: str(value) for key, value in wanted.items()}, path
         algorithms.add(result["algorithm"])
     assert "sarsa-preset" in algorithms and len(algorithms) >= 2, algorithms  # the presets and at least one variant
 
@@ -152,25 +154,6 @@ def test_a_result_names_the_commit_and_whether_the_code_differed_from_it(tmp_pat
     assert harness._commit(tmp_path.parent / "no-such-folder") == "unknown"
 
 
-def test_pick_by_target_with_greedy_a_prime_is_dqns_target() -> None:
-    # #31's diagnosis variant: a' picked (ε = 0) by the target network gives DQN's r + γ·max_a Q_target(s', a)
-    model = harness.PickByTarget("MlpPolicy", "CartPole-v1", learning_starts=0, buffer_size=100, batch_size=16, seed=0)
-    model.learn(40)
-    with th.no_grad():
-        for parameter in model.q_net.parameters():
-            parameter.add_(th.randn_like(parameter))  # the online network now picks other actions than the target's
-    model.exploration_rate = 0.0
-    samples, next_state = model._sample(16)
-    with th.no_grad():
-        target = model._td_target(samples, next_state)
-        best = model.q_net_target(samples.next_observations).max(dim=1, keepdim=True).values
-    expected = samples.rewards + (1 - samples.dones) * model.gamma * best
-    assert th.allclose(target, expected, atol=1e-6)
-    with th.no_grad():
-        online_pick = DeepSARSA._td_target(model, samples, next_state)
-    assert not th.allclose(online_pick, expected)  # the test sees which network picks
-
-
 @pytest.mark.parametrize(("algorithm", "tau"), [("sarsa-sampled-averagepick", 0.005), ("sarsa-sampled-slowpick", 1e-4)])
 def test_pick_by_average_moves_its_picker_toward_the_online_network_by_tau_per_gradient_step(
     algorithm: str, tau: float
@@ -189,7 +172,10 @@ def test_pick_by_average_moves_its_picker_toward_the_online_network_by_tau_per_g
     for old, online, average in zip(before, model.q_net.parameters(), model.q_net_average.parameters(), strict=True):
         assert th.allclose(average, kept * old + (1 - kept) * online.detach(), atol=1e-7)
     assert any(not th.equal(old, online) for old, online in zip(before, model.q_net.parameters(), strict=True))
-    assert model._picker(th.zeros(1)) is model.q_net_average  # what picks a'
+    samples, _ = model._sample(16)
+    with th.no_grad():  # what picks a'
+        picker = model._policy_q_values(samples, th.zeros(16, 2))
+        assert th.equal(picker, model.q_net_average(samples.next_observations))
 
 
 def test_curves_counts_each_seeds_end(tmp_path: Path) -> None:
@@ -248,6 +234,9 @@ def test_the_drop_in_table_checks_the_default_against_dqn(tmp_path: Path) -> Non
     row = "| CartPole-v1 | 5/5 | 400.0 [300.0, 500.0] | 500.0 [480.0, 500.0] | yes (500.0 vs 400.0; ["
     assert row in text and "| yes (20.0 vs 200.0; [" in text and text.count(" abc1234; a CPU |") == 2
     assert "seeds ≥ 475 at the last evaluation: DeepSARSA 4/5, DQN 2/5." in text
+    # a table for each default that has runs: here only the one before 0.3.0
+    assert "Drop-in (#31, docs/diagnosis.md): the default before 0.3.0, `sarsa-sampled`, against DQN" in text
+    assert "`sarsa-expected-targetpick`, against DQN" not in text
     # Acrobot: DQN -80 [-80, -80]; DeepSARSA -90 [-95, -80]: both bars missed. The bootstrap: DQN's median and IQR
     # are always -80 and 0. A resample of DeepSARSA's 3 seeds has median -100 or -70 with probability 7/27 each (2 or
     # 3 draws of it), so the median's difference runs over [-20, 10]. Its IQR is half the range of the 3 draws: 0 when
@@ -300,7 +289,8 @@ def test_pick_with_row_epsilon_explores_with_the_epsilon_each_row_was_taken_with
     # steps 0 .. 3999 (mean ε over them: 1 for 100 steps, 1 - 0.9 * 1049.5 / 2000 on average for 1900, 0.1 for 2000), or
     # only 3000 .. 3999 (all 0.1) when it holds 1000
     keywords: dict = dict(learning_starts=100, exploration_fraction=0.5, exploration_final_eps=0.1, train_freq=500)
-    model = harness.PickWithRowEpsilon("MlpPolicy", "CartPole-v1", next_action="stored", buffer_size=buffer_size, **keywords)
+    keywords |= dict(next_action="stored", next_action_net="online")  # as the grid trains it (harness.train_job)
+    model = harness.PickWithRowEpsilon("MlpPolicy", "CartPole-v1", buffer_size=buffer_size, **keywords)
     model.learn(4000)
     samples, next_state = model._sample(20_000)
     assert next_state.stored_actions is not None

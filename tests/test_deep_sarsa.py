@@ -1,8 +1,10 @@
 """DeepSARSA as an SB3 algorithm: DQN's interface, policies, VecEnvs, saving, callbacks, logging."""
 
 import inspect
+import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -28,7 +30,8 @@ def test_accepts_every_dqn_keyword_with_the_same_default() -> None:
         assert name in sarsa, name
         assert sarsa[name].default == parameter.default, name
     assert list(sarsa)[: len(dqn) - 1] == list(dqn)[:-1]  # same positional order
-    assert set(sarsa) - set(dqn) == {"next_action", "loss", "use_masking", "check_finite", "flush_denormal"}
+    new = {"next_action", "next_action_net", "loss", "use_masking", "check_finite", "flush_denormal"}
+    assert set(sarsa) - set(dqn) == new
 
 
 def test_is_not_a_dqn() -> None:
@@ -55,6 +58,7 @@ def test_continuous_actions_are_refused_clearly(env_id: str) -> None:
     "kwargs, match",
     [
         (dict(next_action="greedy"), "next_action must be one of"),
+        (dict(next_action_net="policy"), r"next_action_net must be one of \('target', 'online'\), got 'policy'"),
         (dict(loss="l1"), "loss must be one of"),
         (dict(target_update_interval=(5, "episodes")), "target_update_interval must be"),
         (dict(target_update_interval=(5,)), "target_update_interval must be"),
@@ -158,6 +162,24 @@ def test_save_and_load_in_a_fresh_process(tmp_path: Path) -> None:
     assert out.stdout.split() == ["expected", "mse", "50"]
     np.testing.assert_array_equal(np.load(tmp_path / "actions.npy"), expected)
     np.testing.assert_array_equal(np.load(tmp_path / "q.npy"), expected_q)
+
+
+def test_a_file_saved_before_next_action_net_loads_with_the_online_network(tmp_path: Path) -> None:
+    # a file of 0.2.0 or before has no next_action_net: its a' came from the online network, so it goes on that way
+    model = DeepSARSA("MlpPolicy", "CartPole-v1", **SMALL)  # type: ignore[arg-type]
+    assert (model.next_action, model.next_action_net) == ("expected", "target")  # the defaults since 0.3.0
+    model.save(tmp_path / "new.zip")
+    with zipfile.ZipFile(tmp_path / "new.zip") as new, zipfile.ZipFile(tmp_path / "old.zip", "w") as old:
+        for item in new.infolist():
+            content = new.read(item)
+            if item.filename == "data":
+                data = json.loads(content)
+                del data["next_action_net"]
+                content = json.dumps(data).encode()
+            old.writestr(item, content)
+    assert DeepSARSA.load(tmp_path / "new.zip").next_action_net == "target"
+    assert DeepSARSA.load(tmp_path / "old.zip").next_action_net == "online"
+    assert DeepSARSA.load(tmp_path / "old.zip", next_action_net="target").next_action_net == "target"  # as asked
 
 
 def test_load_with_env_and_continue_training(tmp_path: Path) -> None:

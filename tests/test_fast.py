@@ -23,13 +23,19 @@ from deep_sarsa.targets import sample_epsilon_greedy
 
 
 def straightforward_update(model: DeepSARSA, batch_size: int) -> None:
-    """One update written out plainly: SB3's sampling, three separate forwards, MSE, the policy's Adam."""
-    assert model.replay_buffer is not None
+    """One update written out plainly: SB3's sampling, separate forwards, MSE, the policy's Adam ("sampled" or "expected")."""
+    assert model.replay_buffer is not None and model.next_action in ("sampled", "expected")
     data = model.replay_buffer.sample(batch_size)
     with th.no_grad():
         next_q_target = model.q_net_target(data.next_observations)
-        next_actions = sample_epsilon_greedy(model.q_net(data.next_observations), model.exploration_rate)
-        target = data.rewards + (1 - data.dones) * model.gamma * next_q_target.gather(1, next_actions)
+        picker = next_q_target if model.next_action_net == "target" else model.q_net(data.next_observations)
+        if model.next_action == "expected":  # ε/|A| on every action, 1 - ε more on the greedy one
+            epsilon, n_actions = model.exploration_rate, next_q_target.shape[1]
+            greedy = th.nn.functional.one_hot(picker.argmax(dim=1), n_actions).float()
+            next_value = ((epsilon / n_actions + (1 - epsilon) * greedy) * next_q_target).sum(dim=1, keepdim=True)
+        else:
+            next_value = next_q_target.gather(1, sample_epsilon_greedy(picker, model.exploration_rate))
+        target = data.rewards + (1 - data.dones) * model.gamma * next_value
     q_taken = model.q_net(data.observations).gather(1, data.actions.long())
     loss = ((q_taken - target) ** 2).mean()
     model.policy.optimizer.zero_grad()
@@ -60,9 +66,12 @@ def train_both(model: DeepSARSA, reference: DeepSARSA, steps: int) -> list[th.Te
     return before
 
 
+@pytest.mark.parametrize("target", [dict(next_action="sampled", next_action_net="online"), {}])  # {}: the defaults
 @pytest.mark.parametrize("per_pass", [None, 3])
 @pytest.mark.parametrize("steps", [1, 50])
-def test_train_matches_the_straightforward_update_exactly(steps: int, per_pass: int | None, monkeypatch: Any) -> None:
+def test_train_matches_the_straightforward_update_exactly(
+    steps: int, per_pass: int | None, target: dict[str, str], monkeypatch: Any
+) -> None:
     """
     With the same optimizer and no flush-denormal mode, ``train`` is bit for bit the plain
     update: sampling minibatches ahead and evaluating the target network on all of them in one
@@ -70,7 +79,7 @@ def test_train_matches_the_straightforward_update_exactly(steps: int, per_pass: 
     """
     if per_pass is not None:  # observation numbers per target pass: 3 minibatches of 32 CartPole states
         monkeypatch.setattr(fast, "TARGET_PASS_SIZE", per_pass * 32 * 4)
-    model, reference = trained_pair(flush_denormal=False, policy_kwargs=dict(optimizer_kwargs=dict(fused=False)))
+    model, reference = trained_pair(flush_denormal=False, policy_kwargs=dict(optimizer_kwargs=dict(fused=False)), **target)
     train_both(model, reference, steps)
     for faster, plain in zip(model.policy.parameters(), reference.policy.parameters(), strict=True):
         assert th.equal(faster, plain)

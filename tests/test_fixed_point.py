@@ -25,8 +25,12 @@ MDP = risky_bridge()
 START, EDGE, SAFE = 0, 1, 2
 
 
-def train(next_action: str, epsilon: float, steps: int, buffer_size: int, loss: str = "mse") -> DeepSARSA:
-    model = tabular_deep_sarsa(MDP, epsilon, buffer_size=buffer_size, next_action=next_action, loss=loss, seed=0)
+def train(
+    next_action: str, epsilon: float, steps: int, buffer_size: int, loss: str = "mse", next_action_net: str = "target"
+) -> DeepSARSA:
+    model = tabular_deep_sarsa(
+        MDP, epsilon, buffer_size=buffer_size, next_action=next_action, next_action_net=next_action_net, loss=loss, seed=0
+    )
     return model.learn(steps)
 
 
@@ -43,13 +47,15 @@ def test_reference_values_differ_from_q_star() -> None:
     assert q_pi[START].argmax() == SAFE - 1 and q_opt[START].argmax() == EDGE - 1
 
 
+@pytest.mark.parametrize("next_action_net", ["target", "online"])
 @pytest.mark.parametrize("next_action", ["sampled", "expected"])
-def test_sampled_and_expected_converge_to_q_pi(next_action: str) -> None:
+def test_sampled_and_expected_converge_to_q_pi(next_action: str, next_action_net: str) -> None:
     # 10k transitions, all kept. The error left is that of the data: the least visited pair,
     # (edge, fall), is seen about 90 times with rewards -30 ± 2, a standard error of 0.21 on its
     # mean, which also moves Q(start, edge) by 0.9 * 0.9 * 0.2 of it. 0.75 is about 3.5 of them;
-    # the closest wrong answer (Q*) is 6.6 away and Huber's fixed point (below) 3 away.
-    q = q_table(train(next_action, epsilon=0.4, steps=10_000, buffer_size=10_000))
+    # the closest wrong answer (Q*) is 6.6 away and Huber's fixed point (below) 3 away. Whichever network's policy
+    # gives a', the fixed point is the same: when the target network is synced, both are ε-greedy over the same Q.
+    q = q_table(train(next_action, epsilon=0.4, steps=10_000, buffer_size=10_000, next_action_net=next_action_net))
     q_pi, q_opt = reference(0.4), q_star(MDP)
     np.testing.assert_allclose(q, q_pi, atol=0.75)
     assert q[START].argmax() == q_pi[START].argmax() != q_opt[START].argmax()

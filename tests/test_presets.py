@@ -81,7 +81,12 @@ def test_tuned_entries_are_the_best_trial_of_their_study(env_id: str) -> None:
     if study.user_attrs["objective"] == tune.OBJECTIVE:
         assert best.value == min(last_20)
     space = str(study.user_attrs.get("space", "zoo"))
-    expected = {**tune.hyperparameters_of(env_id), **trained_keywords(best, env_id, space)}
+    # the kept studies ran before next_action_net: their trials picked a' with the online network
+    expected = {
+        **tune.hyperparameters_of(env_id),
+        **dict(next_action_net=study.user_attrs.get("next_action_net", tune.STUDY_NEXT_ACTION_NET)),
+        **trained_keywords(best, env_id, space),
+    }
     assert preset(env_id).hyperparameters == expected
     assert preset(env_id).n_timesteps == study.user_attrs["steps"]
 
@@ -130,7 +135,8 @@ def test_per_variant_presets_are_the_best_trial_of_their_variant(variant: str, e
         assert "not solved on every tuning seed" in block_of(env_id, presets.VARIANT_PRESETS_FILES[variant])
     space, steps = str(study.user_attrs.get("space", "zoo")), int(study.user_attrs["steps"])
     converted = trained_keywords(best, env_id, space, tune.variant_of(study.user_attrs))
-    assert preset(env_id, next_action=variant).hyperparameters == {**tune.hyperparameters_of(env_id), **converted}
+    fixed = dict(next_action_net=study.user_attrs.get("next_action_net", tune.STUDY_NEXT_ACTION_NET))
+    assert preset(env_id, next_action=variant).hyperparameters == {**tune.hyperparameters_of(env_id), **fixed, **converted}
     assert preset(env_id, next_action=variant).n_timesteps == steps
 
 

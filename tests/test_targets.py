@@ -137,26 +137,39 @@ def test_unknown_loss_is_refused() -> None:
 #   row 2: s=0 a=0 r=0.5 -> s'=3  truncated by the time limit
 #   row 3: s=0 a=1 r=1.5 -> s'=1  the newest row: its next action is not taken yet
 # Q_target(1, ·) = (10, 20), Q_target(3, ·) = (30, 40); the online greedy action is 1 in s'=1 and
-# 0 in s'=3.
+# 0 in s'=3, the target network's is 1 in both.
 HAND_BUILT_TARGETS = {
-    # ε = 0: a' is the greedy action; terminal rows are r alone; truncated rows bootstrap
-    ("sampled", 0.0): {1.0: 1 + 0.5 * 20, 2.0: 2.0, 0.5: 0.5 + 0.5 * 30, 1.5: 1.5 + 0.5 * 20},
-    ("expected", 0.0): {1.0: 1 + 0.5 * 20, 2.0: 2.0, 0.5: 0.5 + 0.5 * 30, 1.5: 1.5 + 0.5 * 20},
+    # ε = 0: a' is the online network's greedy action; terminal rows are r alone; truncated rows bootstrap
+    ("sampled", "online", 0.0): {1.0: 1 + 0.5 * 20, 2.0: 2.0, 0.5: 0.5 + 0.5 * 30, 1.5: 1.5 + 0.5 * 20},
+    ("expected", "online", 0.0): {1.0: 1 + 0.5 * 20, 2.0: 2.0, 0.5: 0.5 + 0.5 * 30, 1.5: 1.5 + 0.5 * 20},
     # ε = 1: a uniform a', in expectation the mean of the two target values
-    ("expected", 1.0): {1.0: 1 + 0.5 * 15, 2.0: 2.0, 0.5: 0.5 + 0.5 * 35, 1.5: 1.5 + 0.5 * 15},
+    ("expected", "online", 1.0): {1.0: 1 + 0.5 * 15, 2.0: 2.0, 0.5: 0.5 + 0.5 * 35, 1.5: 1.5 + 0.5 * 15},
     # stored: row 0 uses the action of row 1 (0); rows 2 (truncated) and 3 (newest) fall back
-    ("stored", 0.0): {1.0: 1 + 0.5 * 10, 2.0: 2.0, 0.5: 0.5 + 0.5 * 30, 1.5: 1.5 + 0.5 * 20},
+    ("stored", "online", 0.0): {1.0: 1 + 0.5 * 10, 2.0: 2.0, 0.5: 0.5 + 0.5 * 30, 1.5: 1.5 + 0.5 * 20},
+    # the target network picks: its greedy action in s'=3 is 1 (40), where the online network's is 0 (30)
+    ("sampled", "target", 0.0): {1.0: 1 + 0.5 * 20, 2.0: 2.0, 0.5: 0.5 + 0.5 * 40, 1.5: 1.5 + 0.5 * 20},
+    ("expected", "target", 0.0): {1.0: 1 + 0.5 * 20, 2.0: 2.0, 0.5: 0.5 + 0.5 * 40, 1.5: 1.5 + 0.5 * 20},
+    # ε = 0.04 (rl-zoo's final ε on CartPole): the greedy value weighs 1 - ε + ε/2 = 0.98, the other 0.02
+    ("expected", "target", 0.04): {1.0: 1 + 0.5 * 19.8, 2.0: 2.0, 0.5: 0.5 + 0.5 * 39.8, 1.5: 1.5 + 0.5 * 19.8},
+    ("stored", "target", 0.0): {1.0: 1 + 0.5 * 10, 2.0: 2.0, 0.5: 0.5 + 0.5 * 40, 1.5: 1.5 + 0.5 * 20},
 }
 
 
-@pytest.mark.parametrize("next_action, epsilon", list(HAND_BUILT_TARGETS))
-def test_targets_of_a_hand_built_buffer(next_action: str, epsilon: float) -> None:
+@pytest.mark.parametrize("next_action, next_action_net, epsilon", list(HAND_BUILT_TARGETS))
+def test_targets_of_a_hand_built_buffer(next_action: str, next_action_net: str, epsilon: float) -> None:
     from deep_sarsa import DeepSARSA
     from deep_sarsa.tabular import TabularMDPEnv, risky_bridge
 
     env = TabularMDPEnv(risky_bridge())
     env.observation_space = spaces.Discrete(4)
-    model = DeepSARSA("MlpPolicy", env, gamma=0.5, policy_kwargs=dict(net_arch=[]), next_action=next_action)  # type: ignore[arg-type]
+    model = DeepSARSA(
+        "MlpPolicy",
+        env,
+        gamma=0.5,
+        policy_kwargs=dict(net_arch=[]),
+        next_action=next_action,  # type: ignore[arg-type]
+        next_action_net=next_action_net,  # type: ignore[arg-type]
+    )
     with th.no_grad():
         target_layer, online_layer = model.q_net_target.q_net[0], model.q_net.q_net[0]
         assert isinstance(target_layer, th.nn.Linear) and isinstance(online_layer, th.nn.Linear)
@@ -184,7 +197,7 @@ def test_targets_of_a_hand_built_buffer(next_action: str, epsilon: float) -> Non
     replay_data, next_state = model._sample(200)
     with th.no_grad():
         targets = model._td_target(replay_data, next_state)
-    expected = HAND_BUILT_TARGETS[(next_action, epsilon)]
+    expected = HAND_BUILT_TARGETS[(next_action, next_action_net, epsilon)]
     seen = set()
     for reward, target in zip(replay_data.rewards.flatten().tolist(), targets.flatten().tolist(), strict=True):
         assert target == pytest.approx(expected[reward]), reward

@@ -40,6 +40,9 @@ from deep_sarsa.presets import load_presets, parse_policy_kwargs, variant_preset
 from deep_sarsa.safe_pickle import UnsafeFileError
 from deep_sarsa.validation import check_model_memory
 
+#: what a run without a preset (or whose hyperparameters leave it out) uses
+DEFAULT_NEXT_ACTION = str(inspect.signature(DeepSARSA).parameters["next_action"].default)
+
 #: DeepSARSA keywords that ``--hyperparams`` may set (the CLI sets env, seed, verbose, tensorboard itself)
 HYPERPARAMETERS = sorted(
     name
@@ -157,7 +160,7 @@ def _finish(
         at = evaluation.evaluations_timesteps[int(np.argmax(means))]
         best = f"{max(means):.2f} at step {at} ({output / BEST_MODEL})"
     rows = [
-        ("next_action", str(run["hyperparameters"].get("next_action", "sampled"))),
+        ("next_action", str(run["hyperparameters"].get("next_action", DEFAULT_NEXT_ACTION))),
         ("timesteps", str(model.num_timesteps)),
         ("wall-clock", f"{seconds:.0f} s ({rate:.0f} steps/s)"),
         ("final evaluation", f"{np.mean(returns):.2f} ± {np.std(returns):.2f} over {len(returns)} episodes"),
@@ -213,7 +216,7 @@ def train(args: argparse.Namespace) -> int:
         hyperparameters["next_action"] = args.next_action
     seed = 0 if args.seed is None else args.seed
     n_envs = args.n_envs or 1
-    next_action = hyperparameters.get("next_action", "sampled")
+    next_action = hyperparameters.get("next_action", DEFAULT_NEXT_ACTION)
     output = args.output or pathlib.Path("runs") / f"{args.env_id.replace(':', '_')}-{next_action}-seed{seed}"
     try:  # the keywords, and the memory the buffer and a minibatch need, are checked before the run folder is touched
         probe = DeepSARSA("MlpPolicy", make_wrapped_env(settings), _init_setup_model=False, **hyperparameters)
