@@ -38,10 +38,10 @@ def train(algorithm: str, timesteps: int, seed: int) -> DQN | DeepSARSA:
     # The package's CliffWalking preset for both: a Q-table, ε from 1 down to 0.1 over half the
     # run, then held there: the values learned are those of ε = 0.1
     settings: dict[str, Any] = preset("CliffWalking-v1").hyperparameters
-    next_action = settings.pop("next_action")
+    target = {key: settings.pop(key) for key in ("next_action", "next_action_net")}  # DeepSARSA's own keywords
     if algorithm == "dqn":
         return DQN("MlpPolicy", make_env(), seed=seed, **settings).learn(timesteps)
-    return DeepSARSA("MlpPolicy", make_env(), next_action=next_action, seed=seed, **settings).learn(timesteps)
+    return DeepSARSA("MlpPolicy", make_env(), seed=seed, **target, **settings).learn(timesteps)
 
 
 def greedy_path(model: DQN | DeepSARSA) -> tuple[list[int], float]:
