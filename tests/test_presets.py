@@ -3,6 +3,7 @@
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import pytest
@@ -58,6 +59,13 @@ def test_every_swept_entry_names_the_study_it_was_found_by() -> None:
     }
 
 
+def study_network(study: Any) -> dict[str, str]:
+    """The ``next_action_net`` every trial of ``study`` trained with (the kept studies, from before it: the online network)."""
+    import tune
+
+    return {"next_action_net": study.user_attrs.get("next_action_net", tune.STUDY_NEXT_ACTION_NET)}
+
+
 @pytest.mark.parametrize("env_id", sorted(env_id for env_id in TASKS if study_of(env_id) is not None))
 def test_tuned_entries_are_the_best_trial_of_their_study(env_id: str) -> None:
     # the study is kept in the repository (benchmarks/studies/TASK.db): its best trial gives the entry, written on
@@ -81,12 +89,7 @@ def test_tuned_entries_are_the_best_trial_of_their_study(env_id: str) -> None:
     if study.user_attrs["objective"] == tune.OBJECTIVE:
         assert best.value == min(last_20)
     space = str(study.user_attrs.get("space", "zoo"))
-    # the kept studies ran before next_action_net: their trials picked a' with the online network
-    expected = {
-        **tune.hyperparameters_of(env_id),
-        **dict(next_action_net=study.user_attrs.get("next_action_net", tune.STUDY_NEXT_ACTION_NET)),
-        **trained_keywords(best, env_id, space),
-    }
+    expected = {**tune.hyperparameters_of(env_id), **study_network(study), **trained_keywords(best, env_id, space)}
     assert preset(env_id).hyperparameters == expected
     assert preset(env_id).n_timesteps == study.user_attrs["steps"]
 
@@ -135,8 +138,8 @@ def test_per_variant_presets_are_the_best_trial_of_their_variant(variant: str, e
         assert "not solved on every tuning seed" in block_of(env_id, presets.VARIANT_PRESETS_FILES[variant])
     space, steps = str(study.user_attrs.get("space", "zoo")), int(study.user_attrs["steps"])
     converted = trained_keywords(best, env_id, space, tune.variant_of(study.user_attrs))
-    fixed = dict(next_action_net=study.user_attrs.get("next_action_net", tune.STUDY_NEXT_ACTION_NET))
-    assert preset(env_id, next_action=variant).hyperparameters == {**tune.hyperparameters_of(env_id), **fixed, **converted}
+    expected = {**tune.hyperparameters_of(env_id), **study_network(study), **converted}
+    assert preset(env_id, next_action=variant).hyperparameters == expected
     assert preset(env_id, next_action=variant).n_timesteps == steps
 
 
